@@ -1,0 +1,93 @@
+"""Backends: one module per server type behind :class:`~.base.Backend`.
+
+Drivers are imported lazily; a missing driver is a :class:`ConfigError` naming the
+extra to install.
+"""
+
+from __future__ import annotations
+
+import importlib
+from pathlib import Path
+from typing import Any
+
+from ..errors import ConfigError
+from ..url import DatabaseURL, parse_url
+from .base import Backend, DatabaseInfo, Marker
+
+__all__ = ["Backend", "DatabaseInfo", "Marker", "connect_url", "load_backend", "require_driver"]
+
+_DRIVERS = {"postgresql": ("psycopg", "psycopg 3"), "mysql": ("pymysql", "PyMySQL")}
+
+
+def require_driver(backend: str) -> Any:
+    """Import and return the driver module of ``backend``, or raise a ConfigError."""
+    if backend not in _DRIVERS:
+        return None
+    module, label = _DRIVERS[backend]
+    try:
+        return importlib.import_module(module)
+    except ImportError:
+        raise ConfigError(
+            f"concurrent-db: the {backend} backend needs {label}, which is not installed: "
+            f"pip install 'pytest-concurrent-db[{backend}]'"
+        ) from None
+
+
+def load_backend(
+    url: DatabaseURL,
+    *,
+    template_dir: Path | None = None,
+    clone_dir: Path | None = None,
+    application_name: str = "pytest-concurrent-db",
+) -> Backend:
+    """The backend for ``url``.  Nothing is connected until first use.
+
+    ``template_dir``/``clone_dir`` are where SQLite keeps templates and clones.
+    """
+    require_driver(url.backend)
+    if url.backend == "sqlite":
+        from .sqlite import SQLiteBackend
+
+        if template_dir is None or clone_dir is None:
+            raise ValueError("the sqlite backend needs template_dir and clone_dir")
+        return SQLiteBackend(url, template_dir=template_dir, clone_dir=clone_dir)
+    if url.backend == "postgresql":
+        from .postgresql import PostgreSQLBackend
+
+        return PostgreSQLBackend(url, application_name=application_name)
+    from .mysql import MySQLBackend
+
+    return MySQLBackend(url, application_name=application_name)
+
+
+def connect_url(url: str | DatabaseURL, **kwargs: Any) -> Any:
+    """A new DB-API connection for ``url`` (any backend)."""
+    parsed = parse_url(url) if isinstance(url, str) else url
+    driver = require_driver(parsed.backend)
+    if parsed.backend == "sqlite":
+        import sqlite3
+
+        kwargs.setdefault("timeout", 30)
+        return sqlite3.connect(parsed.database or ":memory:", **kwargs)
+    if parsed.backend == "postgresql":
+        params = {
+            "host": parsed.host,
+            "port": parsed.port,
+            "user": parsed.username,
+            "password": parsed.password,
+            "dbname": parsed.database,
+            "connect_timeout": 10,
+        }
+        params.update(kwargs)
+        return driver.connect(**{k: v for k, v in params.items() if v is not None})
+    params = {
+        "host": parsed.host,
+        "port": parsed.port,
+        "user": parsed.username or "root",
+        "password": parsed.password or "",
+        "database": parsed.database,
+        "connect_timeout": 10,
+        "charset": "utf8mb4",
+    }
+    params.update(kwargs)
+    return driver.connect(**params)

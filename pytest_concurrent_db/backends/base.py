@@ -1,0 +1,175 @@
+"""The contract every backend implements, and the marker that says "this database is ours".
+
+A backend owns one *control* connection to the server (PostgreSQL: the maintenance
+database; MySQL: no default database; SQLite: none).  Session-level locks are held
+on that connection, so they die with the process that holds them: a lock that can
+be taken means its owner is gone.  That is how liveness is decided everywhere
+(see :mod:`pytest_concurrent_db.engine`).
+
+Backends never decide *what* to create: the engine does.  They only do it, safely:
+``drop`` refuses any database that does not carry our marker.
+"""
+
+from __future__ import annotations
+
+import json
+import time
+from dataclasses import asdict, dataclass, field
+from typing import Any, ClassVar, Literal, Protocol
+
+__all__ = ["MARKER_TAG", "Backend", "DatabaseInfo", "Marker"]
+
+MARKER_TAG = "pytest-concurrent-db:v1 "
+
+Kind = Literal["template", "clone"]
+State = Literal["building", "ready"]
+
+
+@dataclass(frozen=True)
+class Marker:
+    """What we record on every database we create (PostgreSQL: ``COMMENT ON DATABASE``;
+    MySQL: a row in the ``cdb__registry`` database; SQLite: the file's location and a
+    sidecar file for templates)."""
+
+    kind: Kind
+    run_id: str
+    worker_id: str = ""
+    template: str = ""
+    fingerprint: str = ""
+    state: State = "ready"
+    created: float = field(default_factory=time.time)
+    host: str = ""
+    pid: int = 0
+
+    def encode(self) -> str:
+        return MARKER_TAG + json.dumps(asdict(self), sort_keys=True, separators=(",", ":"))
+
+    @classmethod
+    def decode(cls, text: str | None) -> Marker | None:
+        """The marker in ``text``, or None if ``text`` is not one of ours."""
+        if not text or not text.startswith(MARKER_TAG):
+            return None
+        try:
+            data = json.loads(text[len(MARKER_TAG) :])
+            return cls(**data)
+        except (ValueError, TypeError):
+            return None
+
+
+@dataclass(frozen=True)
+class DatabaseInfo:
+    """A database found on the server whose name has our prefix.
+
+    ``marker`` is None when it has our prefix but not our marker: such a database
+    is not ours and is never touched.
+    """
+
+    name: str
+    marker: Marker | None
+    size_bytes: int | None = None
+
+
+class Backend(Protocol):
+    """One database server (or, for SQLite, one directory pair) we create databases on."""
+
+    #: "sqlite" | "postgresql" | "mysql"
+    name: ClassVar[str]
+    #: Longest database name the server accepts without truncating (bytes).
+    max_name_length: ClassVar[int]
+
+    def server_version(self) -> str:
+        """e.g. ``"PostgreSQL 15.20"``; part of the template fingerprint."""
+        ...
+
+    def preflight(self) -> None:
+        """Connect and check we may create databases.
+
+        Raises BackendUnavailableError (cannot connect: message names the URL without
+        password and the driver's reason) or PrivilegeError (message names the user and
+        the missing privilege, e.g. ``ALTER ROLE x CREATEDB``).
+        """
+        ...
+
+    def get_marker(self, name: str) -> Marker | None:
+        """The marker of database ``name``; None if it does not exist or carries none."""
+        ...
+
+    def exists(self, name: str) -> bool: ...
+
+    def list_databases(self, prefix: str) -> list[DatabaseInfo]:
+        """Every database whose name starts with ``prefix``, with its marker and size."""
+        ...
+
+    def create(self, name: str, marker: Marker) -> None:
+        """Create an empty database ``name`` and record ``marker`` on it."""
+        ...
+
+    def set_marker(self, name: str, marker: Marker) -> None:
+        """Replace the marker of our database ``name``.
+
+        When ``marker.kind == "template"`` and ``marker.state == "ready"`` the backend
+        also seals the template (PostgreSQL: ``IS_TEMPLATE true, ALLOW_CONNECTIONS
+        false``; MySQL: captures the DDL recipe used by :meth:`clone`).  The caller
+        has closed every connection to it before.
+        """
+        ...
+
+    def clone(self, template: str, name: str, marker: Marker) -> None:
+        """Create database ``name`` as a full copy of the ready template ``template``
+        (schema, constraints, indexes, views, triggers, routines, rows) and record
+        ``marker`` on it.  On failure nothing named ``name`` is left behind."""
+        ...
+
+    def drop(self, name: str) -> None:
+        """Drop our database ``name`` if it exists, ending other sessions on it first.
+
+        Raises NotOursError, without dropping, if it exists but carries no marker.
+        """
+        ...
+
+    def connect(self, name: str, *, autocommit: bool = False) -> Any:
+        """A new DB-API connection to database ``name``."""
+        ...
+
+    def url_for(self, name: str) -> str:
+        """A URL (with password) for database ``name`` that :func:`connect_url` accepts."""
+        ...
+
+    def run_script(self, connection: Any, text: str, source: str) -> None:
+        """Apply the SQL script ``text`` on ``connection`` and commit.
+
+        Raises ScriptError naming ``source``, the line and the failing statement.
+        """
+        ...
+
+    # -- isolation probes (on a connection returned by connect) ---------------
+    def current_database(self, connection: Any) -> str:
+        """The name of the database ``connection`` currently uses."""
+        ...
+
+    def in_transaction(self, connection: Any) -> bool:
+        """True if ``connection`` has an open (or aborted) transaction."""
+        ...
+
+    def other_sessions(self, name: str, connection: Any) -> list[str]:
+        """Descriptions of sessions on database ``name`` other than ``connection``."""
+        ...
+
+    def row_counts(self, connection: Any) -> dict[str, int]:
+        """Row count of every base table in the database of ``connection``."""
+        ...
+
+    # -- session-level locks, held on the control connection --------------------
+    def acquire_lock(self, key: str, timeout: float) -> None:
+        """Block until lock ``key`` is held (or raise LockTimeoutError naming the holder)."""
+        ...
+
+    def try_lock(self, key: str) -> bool:
+        """Take lock ``key`` if free; True if now held by us."""
+        ...
+
+    def release_lock(self, key: str) -> None: ...
+
+    def close(self) -> None:
+        """Close the control connection (releasing its locks)."""
+        ...

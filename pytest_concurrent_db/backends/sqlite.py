@@ -1,0 +1,285 @@
+"""SQLite: templates are files in a template directory (pytest's cache), clones are
+files in a clone directory (pytest's base temp dir), copied with the backup API.
+
+A template is built at ``<name>.building.db`` and moved into place with
+``os.replace`` only when complete, so a half-built template is never seen.  Each
+database we create has a sidecar ``<name>.json`` holding its marker; a ``.db``
+without one is not ours and is never deleted.  Clones may also live in memory
+(``memory=True``): a shared-cache in-memory database kept alive by an anchor
+connection, for code that wants SQLite's in-memory speed.
+"""
+
+from __future__ import annotations
+
+import os
+import socket
+import sqlite3
+from pathlib import Path
+from typing import Any, ClassVar
+
+from filelock import FileLock, Timeout
+
+from ..errors import BackendUnavailableError, LockTimeoutError, NotOursError, ScriptError
+from ..naming import lock_key
+from ..sqlscript import split_sql
+from ..url import DatabaseURL
+from .base import DatabaseInfo, Marker
+
+__all__ = ["SQLiteBackend"]
+
+_SUFFIXES = ("", "-wal", "-shm", "-journal")
+
+
+class SQLiteBackend:
+    """Databases as files: see the module docstring."""
+
+    name: ClassVar[str] = "sqlite"
+    max_name_length: ClassVar[int] = 200
+
+    def __init__(self, url: DatabaseURL, *, template_dir: Path, clone_dir: Path, memory: bool = False) -> None:
+        self.url = url
+        self.template_dir = Path(template_dir)
+        self.clone_dir = Path(clone_dir)
+        self.memory = memory
+        self._locks: dict[str, FileLock] = {}
+        self._anchors: dict[str, sqlite3.Connection] = {}
+
+    # -- paths -------------------------------------------------------------------
+    def _dir_for(self, marker: Marker) -> Path:
+        return self.template_dir if marker.kind == "template" else self.clone_dir
+
+    def _find(self, name: str) -> Path | None:
+        """The ``.db`` path of ``name`` (ready template, building template or clone)."""
+        for directory in (self.clone_dir, self.template_dir):
+            for candidate in (directory / f"{name}.db", directory / f"{name}.building.db"):
+                if candidate.exists():
+                    return candidate
+        return None
+
+    def _sidecar(self, name: str) -> Path | None:
+        for directory in (self.clone_dir, self.template_dir):
+            path = directory / f"{name}.json"
+            if path.exists():
+                return path
+        return None
+
+    def _memory_uri(self, name: str) -> str:
+        return f"file:{name}?mode=memory&cache=shared"
+
+    def path(self, name: str) -> Path:
+        """The file of database ``name`` (raises if it does not exist)."""
+        found = self._find(name)
+        if found is None:
+            raise FileNotFoundError(name)
+        return found
+
+    # -- Backend protocol ----------------------------------------------------------
+    def server_version(self) -> str:
+        return f"SQLite {sqlite3.sqlite_version}"
+
+    def preflight(self) -> None:
+        for directory in (self.template_dir, self.clone_dir):
+            try:
+                directory.mkdir(parents=True, exist_ok=True)
+                probe = directory / f".probe-{os.getpid()}"
+                probe.write_bytes(b"")
+                probe.unlink()
+            except OSError as exc:
+                raise BackendUnavailableError(
+                    f"concurrent-db: cannot write SQLite databases in {directory}: {exc.strerror}; "
+                    f"fix its permissions or point --concurrent-db-url at a writable location"
+                ) from None
+
+    def get_marker(self, name: str) -> Marker | None:
+        sidecar = self._sidecar(name)
+        if sidecar is None or (self._find(name) is None and name not in self._anchors):
+            return None
+        return Marker.decode(sidecar.read_text(encoding="utf-8"))
+
+    def exists(self, name: str) -> bool:
+        return self._find(name) is not None or name in self._anchors
+
+    def list_databases(self, prefix: str) -> list[DatabaseInfo]:
+        found: dict[str, DatabaseInfo] = {}
+        for directory in (self.template_dir, self.clone_dir):
+            if not directory.is_dir():
+                continue
+            for path in directory.glob(f"{prefix}*.db"):
+                name = path.name[: -len(".building.db")] if path.name.endswith(".building.db") else path.stem
+                found[name] = DatabaseInfo(name, self.get_marker(name), path.stat().st_size)
+        return sorted(found.values(), key=lambda info: info.name)
+
+    def _write_marker(self, name: str, marker: Marker) -> None:
+        directory = self._dir_for(marker)
+        tmp = directory / f"{name}.json.{os.getpid()}.tmp"
+        tmp.write_text(marker.encode(), encoding="utf-8")
+        os.replace(tmp, directory / f"{name}.json")
+
+    def create(self, name: str, marker: Marker) -> None:
+        directory = self._dir_for(marker)
+        directory.mkdir(parents=True, exist_ok=True)
+        self._write_marker(name, marker)
+        path = directory / (f"{name}.building.db" if marker.state == "building" else f"{name}.db")
+        sqlite3.connect(path).close()
+
+    def set_marker(self, name: str, marker: Marker) -> None:
+        path = self.path(name)
+        if marker.kind == "template" and marker.state == "ready" and path.name.endswith(".building.db"):
+            conn = sqlite3.connect(path)
+            try:  # one self-contained file: no WAL left beside it
+                conn.execute("PRAGMA journal_mode=DELETE")
+                conn.execute("VACUUM")
+            finally:
+                conn.close()
+            self._write_marker(name, marker)
+            os.replace(path, path.with_name(f"{name}.db"))
+        else:
+            self._write_marker(name, marker)
+
+    def clone(self, template: str, name: str, marker: Marker) -> None:
+        source = sqlite3.connect(f"file:{self.path(template)}?mode=ro", uri=True)
+        try:
+            if self.memory:
+                anchor = sqlite3.connect(self._memory_uri(name), uri=True, check_same_thread=False)
+                source.backup(anchor)
+                self._anchors[name] = anchor
+                self._write_marker(name, marker)
+                return
+            self.clone_dir.mkdir(parents=True, exist_ok=True)
+            final = self.clone_dir / f"{name}.db"
+            tmp = self.clone_dir / f"{name}.{os.getpid()}.tmp"
+            target = sqlite3.connect(tmp)
+            try:
+                source.backup(target)
+            finally:
+                target.close()
+            self._write_marker(name, marker)
+            os.replace(tmp, final)
+        finally:
+            source.close()
+
+    def drop(self, name: str) -> None:
+        anchor = self._anchors.pop(name, None)
+        if anchor is not None:
+            anchor.close()
+        path = self._find(name)
+        sidecar = self._sidecar(name)
+        if path is not None and sidecar is None:
+            raise NotOursError(
+                f"concurrent-db: refusing to delete {path}: it has no pytest-concurrent-db marker "
+                f"({path.with_suffix('.json').name}), so it was not created by us"
+            )
+        if path is not None:
+            base = str(path)
+            for suffix in _SUFFIXES:
+                Path(base + suffix).unlink(missing_ok=True)
+        if sidecar is not None:
+            sidecar.unlink(missing_ok=True)
+
+    def connect(self, name: str, *, autocommit: bool = False) -> Any:
+        if name in self._anchors:
+            conn = sqlite3.connect(self._memory_uri(name), uri=True, timeout=30, check_same_thread=False)
+        else:
+            conn = sqlite3.connect(self.path(name), timeout=30, check_same_thread=False)
+        if autocommit:
+            conn.isolation_level = None
+        return conn
+
+    def url_for(self, name: str) -> str:
+        if name in self._anchors:
+            return f"sqlite:///{self._memory_uri(name)}"
+        return self.url.with_database(str(self.path(name).resolve())).render()
+
+    def run_script(self, connection: Any, text: str, source: str) -> None:
+        for statement in split_sql(text, "sqlite"):
+            try:
+                connection.execute(statement.text)
+            except sqlite3.Error as exc:
+                connection.rollback()
+                message = f"concurrent-db: {source}:{statement.line}: {statement.snippet()}: {exc}"
+                raise ScriptError(message, source, statement.line, statement.snippet()) from None
+        connection.commit()
+
+    # -- isolation probes ------------------------------------------------------------
+    def current_database(self, connection: Any) -> str:
+        rows = connection.execute("PRAGMA database_list").fetchall()
+        filename = next((row[2] for row in rows if row[1] == "main"), "")
+        if not filename:  # in memory: the anchor's name
+            return next((name for name, anchor in self._anchors.items() if anchor is connection), ":memory:")
+        path = Path(filename)
+        if path.parent.resolve() in (self.clone_dir.resolve(), self.template_dir.resolve()):
+            return path.name[: -len(".building.db")] if path.name.endswith(".building.db") else path.stem
+        return str(path)
+
+    def in_transaction(self, connection: Any) -> bool:
+        return bool(connection.in_transaction)
+
+    def other_sessions(self, name: str, connection: Any) -> list[str]:
+        return []  # SQLite cannot tell
+
+    def row_counts(self, connection: Any) -> dict[str, int]:
+        tables = [
+            row[0]
+            for row in connection.execute(
+                "SELECT name FROM sqlite_master WHERE type = 'table' AND name NOT LIKE 'sqlite_%' ORDER BY name"
+            )
+        ]
+        if not tables:
+            return {}
+        query = " UNION ALL ".join(f"SELECT {_quote_literal(t)}, COUNT(*) FROM {_quote_ident(t)}" for t in tables)
+        return {row[0]: row[1] for row in connection.execute(query)}
+
+    # -- locks ---------------------------------------------------------------------------
+    def _lock_path(self, key: str) -> Path:
+        directory = self.template_dir / "locks"
+        directory.mkdir(parents=True, exist_ok=True)
+        return directory / f"{lock_key(key) & 0xFFFFFFFFFFFFFFFF:016x}.lock"
+
+    def acquire_lock(self, key: str, timeout: float) -> None:
+        path = self._lock_path(key)
+        lock = FileLock(path, timeout=timeout)
+        try:
+            lock.acquire()
+        except Timeout:
+            holder = _read_holder(path)
+            raise LockTimeoutError(
+                f"concurrent-db: timed out after {timeout:g}s waiting for lock {key!r} ({path}) held by "
+                f"{holder}; raise --concurrent-db-lock-timeout or stop that process"
+            ) from None
+        path.with_suffix(".holder").write_text(f"pid {os.getpid()} on {socket.gethostname()}", encoding="utf-8")
+        self._locks[key] = lock
+
+    def try_lock(self, key: str) -> bool:
+        if key in self._locks:
+            return True
+        lock = FileLock(self._lock_path(key), timeout=0)
+        try:
+            lock.acquire()
+        except Timeout:
+            return False
+        self._locks[key] = lock
+        return True
+
+    def release_lock(self, key: str) -> None:
+        lock = self._locks.pop(key, None)
+        if lock is not None:
+            lock.release()
+
+    def close(self) -> None:
+        for key in list(self._locks):
+            self.release_lock(key)
+
+
+def _read_holder(path: Path) -> str:
+    try:
+        return path.with_suffix(".holder").read_text(encoding="utf-8").strip() or "an unknown process"
+    except OSError:
+        return "an unknown process"
+
+
+def _quote_ident(name: str) -> str:
+    return '"' + name.replace('"', '""') + '"'
+
+
+def _quote_literal(text: str) -> str:
+    return "'" + text.replace("'", "''") + "'"

@@ -1,0 +1,371 @@
+"""The engine: template built once under a lock, one clone per worker, cleanup.
+
+Nothing here knows pytest.  The pytest plugin, and later a programmatic API, a
+Django test runner and a CLI, drive an :class:`Engine`.
+
+Liveness rule, used for every cleanup decision: the process that creates a clone
+first takes the session-level lock ``clone:<name>`` on its control connection and
+keeps it until the clone is dropped.  A clone whose lock can be taken therefore
+belongs to a dead process and may be dropped; a clone whose lock is held is never
+touched.  Template builds hold ``template:<name>`` the same way.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import inspect
+import json
+import os
+import socket
+import time
+from collections.abc import Callable, Iterator, Sequence
+from contextlib import contextmanager
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from filelock import FileLock, Timeout
+
+from . import __version__
+from .backends import Backend, Marker, connect_url, load_backend
+from .errors import ConcurrentDBError, ConfigError, LockTimeoutError, NotOursError
+from .naming import PREFIX, clone_name, template_name
+from .url import DatabaseURL
+
+__all__ = ["ConcurrentDatabase", "Engine", "Populator", "callable_populator", "schema_populator"]
+
+
+@dataclass(frozen=True)
+class ConcurrentDatabase:
+    """The database of one worker, as handed to tests.
+
+    ``url`` includes the password (so that it can be used); ``repr`` hides it.
+    """
+
+    url: str = field(repr=False)
+    name: str
+    backend: str
+    worker_id: str
+    template_name: str
+    run_id: str
+
+    def connect(self, **kwargs: Any) -> Any:
+        """A new DB-API connection to this worker's database (the caller closes it)."""
+        return connect_url(self.url, **kwargs)
+
+
+@dataclass(frozen=True)
+class Populator:
+    """One way of filling the template: ``key`` enters the fingerprint, ``apply`` does the work."""
+
+    label: str
+    key: str
+    apply: Callable[[Backend, Any], None]
+
+
+def schema_populator(path: Path) -> Populator:
+    """Apply the SQL file ``path`` (its content is part of the fingerprint)."""
+    data = path.read_bytes()
+    digest = hashlib.sha256(data).hexdigest()
+
+    def apply(backend: Backend, connection: Any) -> None:
+        backend.run_script(connection, data.decode("utf-8"), str(path))
+
+    return Populator(label=str(path), key=f"schema:{path.name}:{digest}", apply=apply)
+
+
+def callable_populator(
+    label: str, func: Callable[..., Any], call: Callable[[Any], None] | None = None, extra_key: str = ""
+) -> Populator:
+    """Run user code; the source of ``func`` (and ``extra_key``) is part of the fingerprint."""
+    try:
+        source = inspect.getsource(func)
+    except (OSError, TypeError):
+        source = getattr(func, "__qualname__", repr(func))
+    key = f"callable:{label}:{hashlib.sha256((source + extra_key).encode()).hexdigest()}"
+
+    def apply(backend: Backend, connection: Any) -> None:
+        (call or func)(connection)
+        connection.commit()
+
+    return Populator(label=label, key=key, apply=apply)
+
+
+@dataclass
+class Stats:
+    """What happened in this process, for the terminal summary."""
+
+    template: str = ""
+    template_built: bool = False
+    template_seconds: float = 0.0
+    lock_wait_seconds: float = 0.0
+    clone: str = ""
+    clone_seconds: float = 0.0
+    drop_seconds: float = 0.0
+    dropped: list[str] = field(default_factory=list)
+    reaped: list[str] = field(default_factory=list)
+    check_seconds: float = 0.0
+    checks: int = 0
+    warnings: int = 0
+    failures: int = 0
+
+    def as_dict(self) -> dict[str, Any]:
+        return dict(self.__dict__)
+
+
+class Engine:
+    """Creates and removes the databases of one process (a worker or the controller)."""
+
+    def __init__(
+        self,
+        url: DatabaseURL,
+        *,
+        run_id: str,
+        worker_id: str,
+        lock_dir: Path,
+        lock_timeout: float = 300.0,
+        template_dir: Path | None = None,
+        clone_dir: Path | None = None,
+        base: str | None = None,
+    ) -> None:
+        self.url = url
+        self.run_id = run_id
+        self.worker_id = worker_id
+        self.lock_dir = Path(lock_dir)
+        self.lock_timeout = lock_timeout
+        self.base = base or _base_name(url)
+        self.stats = Stats()
+        self.backend: Backend = load_backend(
+            url,
+            template_dir=template_dir,
+            clone_dir=clone_dir,
+            application_name=f"pytest-concurrent-db {run_id} {worker_id}",
+        )
+        self.template: str | None = None
+        self.template_fingerprint = ""
+        self.database: ConcurrentDatabase | None = None
+
+    # -- checks ---------------------------------------------------------------------
+    def preflight(self) -> None:
+        """Connect, check privileges, and reap what dead runs left behind."""
+        self.backend.preflight()
+        self.reap_dead()
+
+    # -- template ---------------------------------------------------------------------
+    def fingerprint(self, populators: Sequence[Populator], extra: Sequence[str] = ()) -> str:
+        data = {
+            "plugin": __version__,
+            "backend": self.backend.name,
+            "server": self.backend.server_version(),
+            "populators": [p.key for p in populators],
+            "extra": list(extra),
+        }
+        return hashlib.sha256(json.dumps(data, sort_keys=True).encode()).hexdigest()
+
+    def ensure_template(
+        self, populators: Sequence[Populator], *, extra: Sequence[str] = (), rebuild: bool = False
+    ) -> str:
+        """Return the name of a ready template for these inputs, building it if needed.
+
+        Built at most once per run, even with ``rebuild``: a template built by this
+        run is always reused.
+        """
+        fingerprint = self.fingerprint(populators, extra)
+        name = template_name(self.base, fingerprint)
+        self.template = self.stats.template = name
+        self.template_fingerprint = fingerprint
+        if self._usable(self.backend.get_marker(name), fingerprint, rebuild):
+            return name
+        started = time.perf_counter()
+        with self._template_lock(name):
+            self.stats.lock_wait_seconds = time.perf_counter() - started
+            if self._usable(self.backend.get_marker(name), fingerprint, rebuild):
+                return name
+            begun = time.perf_counter()
+            self._build(name, fingerprint, populators)
+            self.stats.template_built = True
+            self.stats.template_seconds = time.perf_counter() - begun
+        return name
+
+    def _usable(self, marker: Marker | None, fingerprint: str, rebuild: bool) -> bool:
+        if marker is None or marker.kind != "template" or marker.state != "ready":
+            return False
+        if marker.fingerprint != fingerprint:
+            return False
+        return not rebuild or marker.run_id == self.run_id
+
+    def _build(self, name: str, fingerprint: str, populators: Sequence[Populator]) -> None:
+        if self.backend.exists(name):  # stale, unfinished or forced rebuild
+            self.backend.drop(name)
+        marker = Marker(
+            kind="template",
+            run_id=self.run_id,
+            worker_id=self.worker_id,
+            template=name,
+            fingerprint=fingerprint,
+            state="building",
+            host=socket.gethostname(),
+            pid=os.getpid(),
+        )
+        self.backend.create(name, marker)
+        try:
+            connection = self.backend.connect(name)
+            try:
+                for populator in populators:
+                    populator.apply(self.backend, connection)
+                connection.commit()
+            finally:
+                connection.close()
+            self.backend.set_marker(name, Marker(**{**marker.__dict__, "state": "ready", "created": time.time()}))
+        except BaseException:
+            try:
+                self.backend.drop(name)
+            except Exception:  # the original error matters more; a leftover is reaped later
+                pass
+            raise
+
+    @contextmanager
+    def _template_lock(self, name: str) -> Iterator[None]:
+        """The machine-wide file lock, then the server-side lock (for other machines)."""
+        self.lock_dir.mkdir(parents=True, exist_ok=True)
+        path = self.lock_dir / f"{name}.lock"
+        file_lock = FileLock(path, timeout=self.lock_timeout)
+        started = time.monotonic()
+        try:
+            file_lock.acquire()
+        except Timeout:
+            raise LockTimeoutError(
+                f"concurrent-db: timed out after {self.lock_timeout:g}s waiting for the template lock {path} "
+                f"(held by {_holder(path)}); raise --concurrent-db-lock-timeout "
+                f"(ini concurrent_db_lock_timeout, env CONCURRENT_DB_LOCK_TIMEOUT) or stop that process"
+            ) from None
+        try:
+            _write_holder(path, self.run_id, self.worker_id)
+            remaining = max(self.lock_timeout - (time.monotonic() - started), 0.1)
+            key = f"template:{name}"
+            if self.backend.name != "sqlite":
+                self.backend.acquire_lock(key, remaining)
+            try:
+                yield
+            finally:
+                if self.backend.name != "sqlite":
+                    self.backend.release_lock(key)
+        finally:
+            file_lock.release()
+
+    # -- clones ---------------------------------------------------------------------------
+    def create_clone(self) -> ConcurrentDatabase:
+        """Clone the template for this worker (call :meth:`ensure_template` first)."""
+        if self.template is None:
+            raise ConcurrentDBError("concurrent-db: internal error: create_clone() before ensure_template()")
+        name = clone_name(self.base, self.run_id, self.worker_id)
+        if not self.backend.try_lock(f"clone:{name}"):
+            raise ConcurrentDBError(
+                f"concurrent-db: database {name} is in use by another live process (its lock is held); "
+                f"this should not happen with unique run ids: stop the other run and retry"
+            )
+        started = time.perf_counter()
+        if self.backend.exists(name):  # left by an earlier process of this worker id
+            self.backend.drop(name)
+        marker = Marker(
+            kind="clone",
+            run_id=self.run_id,
+            worker_id=self.worker_id,
+            template=self.template,
+            host=socket.gethostname(),
+            pid=os.getpid(),
+        )
+        try:
+            self.backend.clone(self.template, name, marker)
+        except BaseException:
+            self.backend.release_lock(f"clone:{name}")
+            raise
+        self.stats.clone = name
+        self.stats.clone_seconds = time.perf_counter() - started
+        self.database = ConcurrentDatabase(
+            url=self.backend.url_for(name),
+            name=name,
+            backend=self.backend.name,
+            worker_id=self.worker_id,
+            template_name=self.template,
+            run_id=self.run_id,
+        )
+        return self.database
+
+    def drop_clone(self) -> None:
+        """Drop this worker's clone and release its lock."""
+        if self.database is None:
+            return
+        name = self.database.name
+        started = time.perf_counter()
+        try:
+            self.backend.drop(name)
+            self.stats.dropped.append(name)
+        finally:
+            self.backend.release_lock(f"clone:{name}")
+            self.stats.drop_seconds = time.perf_counter() - started
+            self.database = None
+
+    # -- cleanup of others ---------------------------------------------------------------
+    def sweep_run(self) -> list[str]:
+        """Drop clones of this run whose owner is gone (crashed workers)."""
+        return self._drop_dead(lambda m: m.kind == "clone" and m.run_id == self.run_id)
+
+    def reap_dead(self) -> list[str]:
+        """Drop clones of other runs whose owner is gone, and unfinished templates."""
+        reaped = self._drop_dead(
+            lambda m: (m.kind == "clone" and m.run_id != self.run_id) or (m.kind == "template" and m.state != "ready")
+        )
+        self.stats.reaped.extend(reaped)
+        return reaped
+
+    def _drop_dead(self, wanted: Callable[[Marker], bool]) -> list[str]:
+        dropped = []
+        for info in self.backend.list_databases(PREFIX):
+            if info.marker is None or not wanted(info.marker):
+                continue
+            key = f"{info.marker.kind}:{info.name}"
+            if not self.backend.try_lock(key):
+                continue  # its owner is alive
+            try:
+                self.backend.drop(info.name)
+                dropped.append(info.name)
+            except NotOursError:
+                pass
+            finally:
+                self.backend.release_lock(key)
+        return dropped
+
+    def close(self) -> None:
+        self.backend.close()
+
+
+def _base_name(url: DatabaseURL) -> str:
+    if url.backend == "sqlite":
+        return Path(url.database).stem if url.database and not url.is_memory else "test"
+    return url.database or "test"
+
+
+def _write_holder(path: Path, run_id: str, worker_id: str) -> None:
+    try:
+        path.with_suffix(".holder").write_text(
+            f"pid {os.getpid()} on {socket.gethostname()} (run {run_id}, worker {worker_id})", encoding="utf-8"
+        )
+    except OSError:
+        pass
+
+
+def _holder(path: Path) -> str:
+    try:
+        return path.with_suffix(".holder").read_text(encoding="utf-8").strip()
+    except OSError:
+        return "an unknown process"
+
+
+def check_url_for_xdist(url: DatabaseURL, parallel: bool) -> None:
+    """An in-memory SQLite URL cannot be shared between processes."""
+    if parallel and url.is_memory:
+        raise ConfigError(
+            "concurrent-db: an in-memory SQLite URL cannot be shared by xdist workers; use a file URL "
+            "such as sqlite:///tests.db or omit --concurrent-db-url for the SQLite default"
+        )

@@ -1,0 +1,113 @@
+"""The fixtures users request or override in ``conftest.py``."""
+
+from __future__ import annotations
+
+import warnings
+from collections.abc import Callable, Iterator
+from typing import Any
+
+import pytest
+
+from .engine import ConcurrentDatabase
+from .errors import ConcurrentDBError
+from .state import WorkerConnection, get_state
+
+__all__ = [
+    "ConcurrentDBIsolationWarning",
+    "concurrent_db",
+    "concurrent_db_connection",
+    "concurrent_db_populate",
+    "concurrent_db_transaction",
+    "concurrent_db_url",
+]
+
+
+class ConcurrentDBIsolationWarning(pytest.PytestWarning):
+    """A test left something behind on its worker's database (isolation mode ``default`` or ``warn``)."""
+
+
+@pytest.fixture(scope="session")
+def concurrent_db_populate() -> Callable[[Any], None] | None:
+    """Override to fill the template: return a callable taking a DB-API connection.
+
+    It runs once per template fingerprint (its source code is part of the
+    fingerprint), after the schema files and the
+    ``pytest_concurrent_db_populate_template`` hooks::
+
+        @pytest.fixture(scope="session")
+        def concurrent_db_populate():
+            def populate(connection):
+                connection.cursor().execute("INSERT INTO plan (name) VALUES ('free')")
+            return populate
+    """
+    return None
+
+
+@pytest.fixture(scope="session")
+def concurrent_db(
+    request: pytest.FixtureRequest, concurrent_db_populate: Callable[[Any], None] | None
+) -> Iterator[ConcurrentDatabase]:
+    """This worker's own database, cloned from the template (session scope).
+
+    A frozen object with ``url``, ``name``, ``backend``, ``worker_id``,
+    ``template_name``, ``run_id`` and ``connect()`` (a new DB-API connection).
+    The database is dropped at the end of the worker's session unless
+    ``--concurrent-db-keep`` is given.
+    """
+    state = get_state(request.config)
+    if not state.settings.enabled:
+        pytest.fail(
+            "concurrent-db: the concurrent_db fixtures need the plugin enabled: pass --concurrent-db "
+            "(ini concurrent_db = true, env CONCURRENT_DB=1)",
+            pytrace=False,
+        )
+    try:
+        database = state.setup(concurrent_db_populate)
+    except ConcurrentDBError as exc:
+        request.session.shouldstop = str(exc)
+        pytest.fail(str(exc), pytrace=False)
+    yield database
+    state.teardown()
+
+
+@pytest.fixture(scope="session")
+def concurrent_db_url(concurrent_db: ConcurrentDatabase) -> str:
+    """The URL of this worker's database (with its password; do not print it)."""
+    return concurrent_db.url
+
+
+@pytest.fixture(scope="session")
+def _concurrent_db_worker_connection(
+    request: pytest.FixtureRequest, concurrent_db: ConcurrentDatabase
+) -> Iterator[WorkerConnection]:
+    holder = get_state(request.config).worker_connection()
+    yield holder
+    holder.close()
+
+
+@pytest.fixture
+def concurrent_db_connection(
+    request: pytest.FixtureRequest, _concurrent_db_worker_connection: WorkerConnection
+) -> Iterator[Any]:
+    """The worker's DB-API connection to its own database (one per worker, reused by tests).
+
+    After each test the isolation check runs (``--concurrent-db-isolation``): the
+    connection must still be on this worker's clone, the clone must carry this
+    worker's marker and the template must be unchanged (errors); an open
+    transaction is rolled back and reported (a warning by default).
+    """
+    holder = _concurrent_db_worker_connection
+    yield holder.connection
+    errors, warns = holder.check()
+    where = f"{request.node.nodeid} on worker {holder.worker_id}"
+    for message in warns:
+        warnings.warn(ConcurrentDBIsolationWarning(f"concurrent-db isolation: {where}: {message}"), stacklevel=1)
+    if errors:
+        pytest.fail(f"concurrent-db isolation check failed for {where}: {'; '.join(errors)}", pytrace=False)
+
+
+@pytest.fixture
+def concurrent_db_transaction(concurrent_db_connection: Any) -> Iterator[Any]:
+    """The worker's connection inside a transaction that is rolled back after the test."""
+    yield concurrent_db_connection
+    concurrent_db_connection.rollback()

@@ -1,0 +1,204 @@
+"""The pytest entry point: options, hooks, report header, terminal summary, cleanup."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from . import hookspecs
+from .engine import check_url_for_xdist
+from .errors import ConcurrentDBError, ConfigError
+from .fixtures import (
+    _concurrent_db_worker_connection,
+    concurrent_db,
+    concurrent_db_connection,
+    concurrent_db_populate,
+    concurrent_db_transaction,
+    concurrent_db_url,
+)
+from .naming import new_run_id
+from .settings import OPTIONS, Settings, resolve
+from .state import STATE_KEY, PluginState, get_state
+
+__all__ = [
+    "_concurrent_db_worker_connection",
+    "concurrent_db",
+    "concurrent_db_connection",
+    "concurrent_db_populate",
+    "concurrent_db_transaction",
+    "concurrent_db_url",
+]
+
+
+def pytest_addhooks(pluginmanager: pytest.PytestPluginManager) -> None:
+    pluginmanager.add_hookspecs(hookspecs)
+
+
+def pytest_addoption(parser: pytest.Parser) -> None:
+    group = parser.getgroup("concurrent-db", "database per xdist worker (pytest-concurrent-db)")
+    for option in OPTIONS:
+        kwargs: dict[str, Any] = {"dest": option.dest, "default": None, "help": option.help}
+        if option.kind == "bool":
+            kwargs.update(action="store_const", const=True)
+        elif option.kind == "paths":
+            kwargs.update(action="append", metavar=option.metavar)
+        elif option.kind == "choice":
+            kwargs.update(choices=option.choices)
+        else:
+            kwargs.update(metavar=option.metavar)
+        group.addoption(option.flag, **kwargs)
+        ini_type = "paths" if option.kind == "paths" else "string"
+        parser.addini(option.ini, option.help, type=ini_type, default=None)
+
+
+def _resolve(config: pytest.Config) -> Settings:
+    inipath = config.inipath
+    return resolve(
+        cli=lambda dest: config.getoption(dest),
+        ini=lambda key: config.getini(key),
+        cwd=Path(config.invocation_params.dir),
+        ini_dir=inipath.parent if inipath else None,
+    )
+
+
+def _is_worker(config: pytest.Config) -> bool:
+    return hasattr(config, "workerinput")
+
+
+def _runs_xdist(config: pytest.Config) -> bool:
+    """True in the controller of a distributed run (before or after xdist configured)."""
+    if _is_worker(config):
+        return True
+    numprocesses = getattr(config.option, "numprocesses", None)
+    dist = getattr(config.option, "dist", "no")
+    return bool(numprocesses) or dist not in (None, "no")
+
+
+@pytest.hookimpl(tryfirst=True)
+def pytest_configure(config: pytest.Config) -> None:
+    try:
+        settings = _resolve(config)
+    except ConfigError as exc:
+        enabled = (
+            config.getoption("concurrent_db_enabled")
+            or os.environ.get("CONCURRENT_DB", "").lower() in ("1", "true", "yes", "on")
+            or str(config.getini("concurrent_db") or "").lower() in ("1", "true", "yes", "on")
+        )
+        if enabled:
+            raise pytest.UsageError(str(exc)) from None
+        settings = Settings()
+    if _is_worker(config):
+        workerinput: dict[str, Any] = config.workerinput  # type: ignore[attr-defined]
+        run_id = workerinput.get("concurrent_db_run_id") or new_run_id()
+        worker_id = str(workerinput.get("workerid", "gw"))
+        clone_dir = workerinput.get("concurrent_db_clone_dir")
+        state = PluginState(
+            config, settings, run_id, worker_id, is_worker=True, clone_dir=Path(clone_dir) if clone_dir else None
+        )
+    else:
+        state = PluginState(config, settings, new_run_id(), "main", is_worker=False)
+    config.stash[STATE_KEY] = state
+    if settings.enabled and settings.url is not None:
+        try:
+            check_url_for_xdist(settings.url, _runs_xdist(config))
+        except ConfigError as exc:
+            raise pytest.UsageError(str(exc)) from None
+    if config.pluginmanager.hasplugin("xdist"):
+        config.pluginmanager.register(_XdistHooks(state), "concurrent_db_xdist")
+
+
+class _XdistHooks:
+    """Hooks that exist only when pytest-xdist is installed."""
+
+    def __init__(self, state: PluginState) -> None:
+        self.state = state
+
+    def pytest_configure_node(self, node: Any) -> None:
+        node.workerinput["concurrent_db_run_id"] = self.state.run_id
+        if self.state.settings.enabled and self.state.settings.backend == "sqlite":
+            node.workerinput["concurrent_db_clone_dir"] = str(self.state.resolved_clone_dir())
+
+    def pytest_testnodedown(self, node: Any, error: Any) -> None:
+        report = getattr(node, "workeroutput", {}).get("concurrent_db")
+        if report:
+            self.state.worker_reports.append(report)
+
+
+def pytest_report_header(config: pytest.Config) -> list[str] | None:
+    state = config.stash.get(STATE_KEY, None)
+    if state is None or not state.settings.enabled or _is_worker(config):
+        return None
+    return [
+        f"concurrent-db: backend={state.settings.backend} run={state.run_id} " + ", ".join(state.settings.describe())
+    ]
+
+
+@pytest.hookimpl(tryfirst=True)
+def pytest_sessionstart(session: pytest.Session) -> None:
+    state = get_state(session.config)
+    if not state.settings.enabled or state.is_worker:
+        return
+    try:
+        state.get_engine().preflight()
+    except ConcurrentDBError as exc:
+        state.get_engine().close()
+        raise pytest.UsageError(str(exc)) from None
+
+
+@pytest.hookimpl(trylast=True)
+def pytest_sessionfinish(session: pytest.Session) -> None:
+    state = get_state(session.config)
+    if not state.settings.enabled or state.engine is None:
+        return
+    engine = state.engine
+    try:
+        state.teardown()  # normally done already by the concurrent_db fixture's teardown
+        if state.is_worker:
+            session.config.workeroutput["concurrent_db"] = state.report()  # type: ignore[attr-defined]
+        elif not state.settings.keep:
+            state.swept = engine.sweep_run()
+    except ConcurrentDBError as exc:
+        session.config.issue_config_time_warning(pytest.PytestWarning(f"concurrent-db cleanup: {exc}"), stacklevel=2)
+    finally:
+        engine.close()
+
+
+def pytest_terminal_summary(terminalreporter: Any, config: pytest.Config) -> None:
+    state = config.stash.get(STATE_KEY, None)
+    if state is None or not state.settings.enabled or _is_worker(config):
+        return
+    reports = state.worker_reports or ([state.report()] if state.engine and state.engine.stats.clone else [])
+    tr = terminalreporter
+    tr.section("concurrent-db")
+    engine = state.engine
+    server = engine.backend.server_version() if engine is not None and engine.backend.name == "sqlite" else ""
+    url = str(state.settings.url) if state.settings.url else "sqlite (default)"
+    tr.write_line(f"backend: {state.settings.backend} {server}".rstrip() + f"  url: {url}  run: {state.run_id}")
+    builders = [r for r in reports if r.get("template_built")]
+    template = next((r["template"] for r in reports if r.get("template")), "")
+    if builders:
+        b = builders[0]
+        tr.write_line(f"template: {template} built by {b['worker_id']} in {b['template_seconds']:.2f}s")
+    elif template:
+        tr.write_line(f"template: {template} reused (up to date)")
+    if reports:
+        clones = ", ".join(
+            f"{r['worker_id']} {r['clone_seconds']:.2f}s" for r in sorted(reports, key=_worker_order) if r.get("clone")
+        )
+        tr.write_line(f"clones: {clones}")
+        checks = sum(r.get("checks", 0) for r in reports)
+        failures = sum(r.get("failures", 0) for r in reports)
+        warns = sum(r.get("warnings", 0) for r in reports)
+        tr.write_line(f"isolation ({state.settings.isolation}): {checks} checks, {failures} failed, {warns} warned")
+    dropped = sum(len(r.get("dropped", [])) for r in reports) + len(state.swept)
+    kept = " (kept: --concurrent-db-keep)" if state.settings.keep else ""
+    tr.write_line(f"dropped: {dropped} databases ({len(state.swept)} left by crashed workers){kept}")
+
+
+def _worker_order(report: dict[str, Any]) -> tuple[int, str]:
+    worker = str(report.get("worker_id", ""))
+    digits = "".join(ch for ch in worker if ch.isdigit())
+    return (int(digits) if digits else -1, worker)

@@ -1,0 +1,218 @@
+"""Every option, declared once, and its resolution into a frozen :class:`Settings`.
+
+Each option exists as a CLI flag ``--concurrent-db-<name>``, an ini key
+``concurrent_db_<name>`` and an environment variable ``CONCURRENT_DB_<NAME>``
+(the switch itself is ``--concurrent-db`` / ``concurrent_db`` / ``CONCURRENT_DB``).
+Precedence: CLI > environment > ini > default.  The source of every value is kept
+and shown in the report header.
+
+This module does not import pytest: :func:`resolve` takes plain lookups so that the
+engine can be configured without it.
+"""
+
+from __future__ import annotations
+
+import os
+import shlex
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from .errors import ConfigError
+from .url import DatabaseURL, parse_url
+
+__all__ = ["ISOLATION_MODES", "OPTIONS", "Option", "Settings", "resolve"]
+
+ISOLATION_MODES = ("strict", "default", "warn", "off")
+_TRUE = {"1", "true", "yes", "on"}
+_FALSE = {"0", "false", "no", "off", ""}
+
+
+@dataclass(frozen=True)
+class Option:
+    """One setting: its names in every source, its type, default and help."""
+
+    name: str
+    kind: str  # "bool" | "str" | "float" | "paths" | "choice"
+    default: Any
+    help: str
+    choices: tuple[str, ...] = ()
+    metavar: str | None = None
+
+    @property
+    def flag(self) -> str:
+        return "--concurrent-db" if self.name == "enabled" else "--concurrent-db-" + self.name.replace("_", "-")
+
+    @property
+    def ini(self) -> str:
+        return "concurrent_db" if self.name == "enabled" else "concurrent_db_" + self.name
+
+    @property
+    def env(self) -> str:
+        return "CONCURRENT_DB" if self.name == "enabled" else "CONCURRENT_DB_" + self.name.upper()
+
+    @property
+    def dest(self) -> str:
+        return "concurrent_db_" + self.name
+
+    def names(self) -> str:
+        """``--flag (ini key, env VAR)``, for error messages."""
+        return f"{self.flag} (ini {self.ini}, env {self.env})"
+
+
+OPTIONS: tuple[Option, ...] = (
+    Option("enabled", "bool", False, "Give every xdist worker its own database, cloned from a shared template"),
+    Option(
+        "url",
+        "str",
+        None,
+        "Database URL: sqlite:///file.db, postgresql://user@host/db or mysql://user@host/db "
+        "(default: SQLite files under pytest's cache and temp directories)",
+        metavar="URL",
+    ),
+    Option("schema", "paths", (), "SQL files applied in order to build the template", metavar="FILE"),
+    Option("keep", "bool", False, "Keep the worker databases after the run, for debugging"),
+    Option("rebuild", "bool", False, "Rebuild the template even if an up-to-date one exists"),
+    Option("lock_timeout", "float", 300.0, "Seconds to wait for the template lock (default: 300)", metavar="SECONDS"),
+    Option(
+        "isolation",
+        "choice",
+        "default",
+        "Isolation check after each test: strict (errors, plus leaked-row counts), "
+        "default (sharing is an error, leftovers a warning), warn, off",
+        choices=ISOLATION_MODES,
+    ),
+)
+_BY_NAME = {option.name: option for option in OPTIONS}
+
+
+@dataclass(frozen=True)
+class Settings:
+    """The resolved configuration; ``sources`` maps each option to where its value came from."""
+
+    enabled: bool = False
+    url: DatabaseURL | None = None
+    schema: tuple[Path, ...] = ()
+    keep: bool = False
+    rebuild: bool = False
+    lock_timeout: float = 300.0
+    isolation: str = "default"
+    sources: Mapping[str, str] = field(default_factory=dict, compare=False)
+
+    @property
+    def backend(self) -> str:
+        return self.url.backend if self.url is not None else "sqlite"
+
+    def describe(self) -> list[str]:
+        """Report-header lines: each value and its source (passwords hidden)."""
+        url = str(self.url) if self.url is not None else "sqlite (default: pytest cache + temp dirs)"
+        parts = [
+            f"url={url} [{self.sources.get('url', 'default')}]",
+            f"isolation={self.isolation} [{self.sources.get('isolation', 'default')}]",
+        ]
+        if self.schema:
+            parts.append(f"schema={' '.join(p.name for p in self.schema)} [{self.sources.get('schema')}]")
+        for name in ("keep", "rebuild"):
+            if getattr(self, name):
+                parts.append(f"{name} [{self.sources.get(name)}]")
+        if self.sources.get("lock_timeout", "default") != "default":
+            parts.append(f"lock-timeout={self.lock_timeout:g}s [{self.sources['lock_timeout']}]")
+        return parts
+
+
+def resolve(
+    cli: Callable[[str], Any],
+    ini: Callable[[str], Any],
+    *,
+    environ: Mapping[str, str] | None = None,
+    cwd: Path | None = None,
+    ini_dir: Path | None = None,
+) -> Settings:
+    """Resolve every option: CLI > environment > ini > default.
+
+    ``cli(dest)`` returns the parsed command-line value or None when not given;
+    ``ini(key)`` returns the raw ini value or None/"" when not set.  Relative schema
+    paths are resolved against ``cwd`` (CLI, environment) or ``ini_dir`` (ini).
+    """
+    environ = os.environ if environ is None else environ
+    cwd = cwd or Path.cwd()
+    values: dict[str, Any] = {}
+    sources: dict[str, str] = {}
+    for option in OPTIONS:
+        raw_cli = cli(option.dest)
+        raw_env = environ.get(option.env)
+        raw_ini = ini(option.ini)
+        if raw_cli not in (None, [], ()):
+            value, source, base = raw_cli, option.flag, cwd
+        elif raw_env not in (None, ""):
+            value, source, base = raw_env, f"env {option.env}", cwd
+        elif raw_ini not in (None, "", [], ()):
+            value, source, base = raw_ini, f"ini {option.ini}", ini_dir or cwd
+        else:
+            values[option.name] = option.default
+            sources[option.name] = "default"
+            continue
+        values[option.name] = _convert(option, value, source, base)
+        sources[option.name] = source
+    return Settings(**values, sources=sources)
+
+
+def _convert(option: Option, value: Any, source: str, base: Path) -> Any:
+    if option.kind == "bool":
+        if isinstance(value, bool):
+            return value
+        text = str(value).strip().lower()
+        if text in _TRUE:
+            return True
+        if text in _FALSE:
+            return False
+        raise ConfigError(f"concurrent-db: {source} must be true or false, not {value!r}; fix {option.names()}")
+    if option.kind == "float":
+        try:
+            number = float(value)
+        except ValueError:
+            number = -1.0
+        if not number > 0:
+            raise ConfigError(
+                f"concurrent-db: {source} must be a positive number of seconds, not {value!r}; fix {option.names()}"
+            )
+        return number
+    if option.kind == "choice":
+        text = str(value).strip().lower()
+        if text not in option.choices:
+            raise ConfigError(
+                f"concurrent-db: {source} must be one of {', '.join(option.choices)}, not {value!r}; "
+                f"fix {option.names()}"
+            )
+        return text
+    if option.kind == "paths":
+        items = _split_paths(value)
+        paths = tuple(p if p.is_absolute() else base / p for p in items)
+        for path in paths:
+            if not path.is_file():
+                raise ConfigError(
+                    f"concurrent-db: schema file {str(path)!r} (from {source}) does not exist; "
+                    f"fix the path in {option.names()}"
+                )
+        return paths
+    if option.name == "url":
+        return parse_url(str(value))
+    return value
+
+
+def _split_paths(value: Any) -> list[Path]:
+    """Paths from a list (CLI, ini) or a string separated by spaces or commas (env)."""
+    items = value if isinstance(value, (list, tuple)) else [value]
+    out: list[Path] = []
+    for item in items:
+        if isinstance(item, Path):
+            out.append(item)
+            continue
+        out.extend(Path(p) for part in shlex.split(str(item)) for p in part.split(",") if p)
+    return out
+
+
+def option(name: str) -> Option:
+    """The option called ``name``."""
+    return _BY_NAME[name]

@@ -1,0 +1,134 @@
+"""Parsing and rendering database URLs.
+
+Accepted forms::
+
+    sqlite:///relative/file.db   sqlite:////absolute/file.db   sqlite:///:memory:
+    postgresql://user:password@host:port/dbname   (also postgres://, postgresql+psycopg://)
+    mysql://user:password@host:port/dbname        (also mariadb://, mysql+pymysql://)
+
+Passwords are never rendered unless explicitly asked for.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field, replace
+from urllib.parse import parse_qsl, quote, unquote, urlencode, urlsplit
+
+from .errors import ConfigError
+
+__all__ = ["DatabaseURL", "parse_url"]
+
+_SCHEMES = {
+    "sqlite": "sqlite",
+    "sqlite3": "sqlite",
+    "postgresql": "postgresql",
+    "postgres": "postgresql",
+    "postgresql+psycopg": "postgresql",
+    "postgresql+psycopg3": "postgresql",
+    "mysql": "mysql",
+    "mariadb": "mysql",
+    "mysql+pymysql": "mysql",
+    "mariadb+pymysql": "mysql",
+}
+_DEFAULT_PORTS = {"postgresql": 5432, "mysql": 3306}
+_FIX = "fix --concurrent-db-url (ini concurrent_db_url, env CONCURRENT_DB_URL)"
+
+
+@dataclass(frozen=True)
+class DatabaseURL:
+    """A parsed database URL; ``backend`` is one of ``sqlite``, ``postgresql``, ``mysql``."""
+
+    backend: str
+    database: str
+    username: str | None = None
+    password: str | None = field(default=None, repr=False)
+    host: str | None = None
+    port: int | None = None
+    query: tuple[tuple[str, str], ...] = ()
+
+    @property
+    def is_memory(self) -> bool:
+        """True for an in-memory SQLite database."""
+        return self.backend == "sqlite" and self.database in ("", ":memory:")
+
+    def with_database(self, database: str) -> DatabaseURL:
+        return replace(self, database=database)
+
+    def option(self, key: str, default: str | None = None) -> str | None:
+        for k, v in self.query:
+            if k == key:
+                return v
+        return default
+
+    def render(self, *, hide_password: bool = True) -> str:
+        """The URL as text; the password is shown as ``***`` unless ``hide_password`` is false."""
+        if self.backend == "sqlite":
+            return f"sqlite:///{self.database or ':memory:'}"
+        auth = ""
+        if self.username is not None:
+            auth = quote(self.username, safe="")
+            if self.password is not None:
+                auth += ":" + ("***" if hide_password else quote(self.password, safe=""))
+            auth += "@"
+        host = self.host or ""
+        if ":" in host:  # IPv6 literal
+            host = f"[{host}]"
+        port = f":{self.port}" if self.port else ""
+        query = f"?{urlencode(self.query)}" if self.query else ""
+        return f"{self.backend}://{auth}{host}{port}/{quote(self.database, safe='')}{query}"
+
+    def __str__(self) -> str:
+        return self.render()
+
+
+def parse_url(text: str) -> DatabaseURL:
+    """Parse ``text``; raise :class:`ConfigError` with a one-line fix on bad input."""
+    text = text.strip()
+    if "://" not in text:
+        raise ConfigError(
+            f"concurrent-db: malformed database URL {_redact(text)!r}: expected "
+            f"scheme://... such as sqlite:///tests.db or postgresql://user@host/db; {_FIX}"
+        )
+    scheme = text.split("://", 1)[0].lower()
+    backend = _SCHEMES.get(scheme)
+    if backend is None:
+        raise ConfigError(
+            f"concurrent-db: unknown database URL scheme {scheme!r} in {_redact(text)!r}: "
+            f"use sqlite://, postgresql:// or mysql:// (mariadb://); {_FIX}"
+        )
+    if backend == "sqlite":
+        path = text.split("://", 1)[1]
+        if path.startswith("/"):
+            path = path[1:]  # sqlite:///rel.db -> rel.db, sqlite:////abs.db -> /abs.db
+        path, _, _ = path.partition("?")
+        return DatabaseURL(backend="sqlite", database=unquote(path))
+    try:
+        parts = urlsplit(text)
+        port = parts.port
+    except ValueError as exc:
+        raise ConfigError(f"concurrent-db: malformed database URL {_redact(text)!r} ({exc}); {_FIX}") from None
+    database = unquote(parts.path.lstrip("/"))
+    if "/" in database:
+        raise ConfigError(
+            f"concurrent-db: malformed database URL {_redact(text)!r}: the path must be a single database name; {_FIX}"
+        )
+    return DatabaseURL(
+        backend=backend,
+        database=database,
+        username=unquote(parts.username) if parts.username is not None else None,
+        password=unquote(parts.password) if parts.password is not None else None,
+        host=parts.hostname or "127.0.0.1",
+        port=port or _DEFAULT_PORTS[backend],
+        query=tuple(parse_qsl(parts.query)),
+    )
+
+
+def _redact(text: str) -> str:
+    """Hide a password in a URL that may not even parse."""
+    if "://" not in text or "@" not in text:
+        return text
+    scheme, rest = text.split("://", 1)
+    auth, _, hostpart = rest.rpartition("@")
+    if ":" in auth:
+        auth = auth.split(":", 1)[0] + ":***"
+    return f"{scheme}://{auth}@{hostpart}"

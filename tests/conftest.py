@@ -1,0 +1,70 @@
+"""Shared test configuration: real servers, gated like psycopg's suite.
+
+``CONCURRENT_DB_TEST_POSTGRESQL_URL`` / ``CONCURRENT_DB_TEST_MYSQL_URL`` point at the
+servers (defaults: the local ones).  When a server cannot be reached its tests are
+skipped with the reason, unless ``CONCURRENT_DB_REQUIRE_BACKENDS=1`` (CI), where they fail.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Iterator
+
+import pytest
+
+from pytest_concurrent_db.backends import connect_url
+from pytest_concurrent_db.url import DatabaseURL, parse_url
+
+pytest_plugins = ["pytester"]
+
+POSTGRESQL_URL = os.environ.get("CONCURRENT_DB_TEST_POSTGRESQL_URL", "postgresql://postgres@127.0.0.1:5432/cdbtest")
+MYSQL_URL = os.environ.get("CONCURRENT_DB_TEST_MYSQL_URL", "mysql://root@127.0.0.1:3306/cdbtest")
+REQUIRE_BACKENDS = os.environ.get("CONCURRENT_DB_REQUIRE_BACKENDS", "") not in ("", "0")
+
+_probe_cache: dict[str, str | None] = {}
+
+
+def _probe(url: str) -> str | None:
+    """None if the server answers, else the reason."""
+    if url not in _probe_cache:
+        parsed = parse_url(url)
+        server = parsed.with_database("postgres" if parsed.backend == "postgresql" else "")
+        try:
+            conn = connect_url(server, connect_timeout=3)
+            conn.close()
+            _probe_cache[url] = None
+        except Exception as exc:  # any driver error means "not available"
+            _probe_cache[url] = f"{type(exc).__name__}: {exc}"
+    return _probe_cache[url]
+
+
+def _require(url: str, backend: str) -> DatabaseURL:
+    reason = _probe(url)
+    if reason is not None:
+        message = f"{backend} server at {parse_url(url)} not available ({reason})"
+        if REQUIRE_BACKENDS:
+            pytest.fail(f"{message}; CONCURRENT_DB_REQUIRE_BACKENDS is set", pytrace=False)
+        pytest.skip(message)
+    return parse_url(url)
+
+
+@pytest.fixture(scope="session")
+def postgresql_url() -> DatabaseURL:
+    """The PostgreSQL server the tests use (skipped, or failed on CI, if it is down)."""
+    return _require(POSTGRESQL_URL, "postgresql")
+
+
+@pytest.fixture(scope="session")
+def mysql_url() -> DatabaseURL:
+    """The MySQL/MariaDB server the tests use (skipped, or failed on CI, if it is down)."""
+    return _require(MYSQL_URL, "mysql")
+
+
+@pytest.fixture(params=["sqlite", "postgresql", "mysql"])
+def backend_url(request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFactory) -> Iterator[DatabaseURL]:
+    """Each backend in turn, as a URL whose database name is unique to the test."""
+    name = request.param
+    if name == "sqlite":
+        yield parse_url(f"sqlite:///{tmp_path_factory.mktemp('sqlite')}/app.db")
+    else:
+        yield request.getfixturevalue(f"{name}_url")
