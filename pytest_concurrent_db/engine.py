@@ -309,7 +309,8 @@ class Engine:
     # -- cleanup of others ---------------------------------------------------------------
     def sweep_run(self) -> list[str]:
         """Drop clones of this run whose owner is gone (crashed workers)."""
-        return self._drop_dead(lambda m: m.kind == "clone" and m.run_id == self.run_id)
+        own = self.database.name if self.database is not None else None
+        return self._drop_dead(lambda m: m.kind == "clone" and m.run_id == self.run_id, skip=own)
 
     def reap_dead(self) -> list[str]:
         """Drop clones of other runs whose owner is gone, and unfinished templates."""
@@ -319,10 +320,10 @@ class Engine:
         self.stats.reaped.extend(reaped)
         return reaped
 
-    def _drop_dead(self, wanted: Callable[[Marker], bool]) -> list[str]:
+    def _drop_dead(self, wanted: Callable[[Marker], bool], skip: str | None = None) -> list[str]:
         dropped = []
         for info in self.backend.list_databases(PREFIX):
-            if info.marker is None or not wanted(info.marker):
+            if info.marker is None or info.name == skip or not wanted(info.marker):
                 continue
             key = f"{info.marker.kind}:{info.name}"
             if not self.backend.try_lock(key):

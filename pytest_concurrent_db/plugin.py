@@ -122,9 +122,7 @@ class _XdistHooks:
             node.workerinput["concurrent_db_clone_dir"] = str(self.state.resolved_clone_dir())
 
     def pytest_testnodedown(self, node: Any, error: Any) -> None:
-        report = getattr(node, "workeroutput", {}).get("concurrent_db")
-        if report:
-            self.state.worker_reports.append(report)
+        self.state.worker_reports.extend(getattr(node, "workeroutput", {}).get("concurrent_db", []))
 
 
 def pytest_report_header(config: pytest.Config) -> list[str] | None:
@@ -151,44 +149,48 @@ def pytest_sessionstart(session: pytest.Session) -> None:
 @pytest.hookimpl(trylast=True)
 def pytest_sessionfinish(session: pytest.Session) -> None:
     state = get_state(session.config)
-    if not state.settings.enabled or state.engine is None:
+    if not state.settings.enabled:
         return
-    engine = state.engine
-    try:
-        state.teardown()  # normally done already by the concurrent_db fixture's teardown
-        if state.is_worker:
-            session.config.workeroutput["concurrent_db"] = state.report()  # type: ignore[attr-defined]
-        elif not state.settings.keep:
-            state.swept = engine.sweep_run()
-    except ConcurrentDBError as exc:
-        session.config.issue_config_time_warning(pytest.PytestWarning(f"concurrent-db cleanup: {exc}"), stacklevel=2)
-    finally:
-        engine.close()
+    state.teardown()  # normally done already by the concurrent_db fixture's teardown
+    if state.is_worker:
+        session.config.workeroutput["concurrent_db"] = state.report()  # type: ignore[attr-defined]
+    for engine in state.all_engines():
+        try:
+            if not state.is_worker and not state.settings.keep:
+                state.swept.extend(engine.sweep_run())
+        except ConcurrentDBError as exc:
+            terminal = session.config.pluginmanager.get_plugin("terminalreporter")
+            if terminal is not None:
+                terminal.write_line(f"concurrent-db: cleanup failed: {exc}", yellow=True)
+        finally:
+            engine.close()
 
 
 def pytest_terminal_summary(terminalreporter: Any, config: pytest.Config) -> None:
     state = config.stash.get(STATE_KEY, None)
     if state is None or not state.settings.enabled or _is_worker(config):
         return
-    reports = state.worker_reports or ([state.report()] if state.engine and state.engine.stats.clone else [])
+    reports = state.worker_reports if _runs_xdist(config) else state.report()
     tr = terminalreporter
     tr.section("concurrent-db")
-    engine = state.engine
-    server = engine.backend.server_version() if engine is not None and engine.backend.name == "sqlite" else ""
     url = str(state.settings.url) if state.settings.url else "sqlite (default)"
-    tr.write_line(f"backend: {state.settings.backend} {server}".rstrip() + f"  url: {url}  run: {state.run_id}")
-    builders = [r for r in reports if r.get("template_built")]
-    template = next((r["template"] for r in reports if r.get("template")), "")
-    if builders:
-        b = builders[0]
-        tr.write_line(f"template: {template} built by {b['worker_id']} in {b['template_seconds']:.2f}s")
-    elif template:
-        tr.write_line(f"template: {template} reused (up to date)")
-    if reports:
+    tr.write_line(f"backend: {state.settings.backend}  url: {url}  run: {state.run_id}")
+    templates: dict[str, list[dict[str, Any]]] = {}
+    for report in reports:
+        templates.setdefault(report["template"], []).append(report)
+    for template, group in templates.items():
+        builders = [r for r in group if r.get("template_built")]
+        if builders:
+            how = f"built by {builders[0]['worker_id']} in {builders[0]['template_seconds']:.2f}s"
+        else:
+            how = "reused (inputs unchanged)"
+        waited = max(r.get("lock_wait_seconds", 0.0) for r in group)
+        tr.write_line(f"template: {template} {how}; longest lock wait {waited:.2f}s")
         clones = ", ".join(
-            f"{r['worker_id']} {r['clone_seconds']:.2f}s" for r in sorted(reports, key=_worker_order) if r.get("clone")
+            f"{r['worker_id']} {r['clone_seconds']:.3f}s" for r in sorted(group, key=_worker_order) if r.get("clone")
         )
         tr.write_line(f"clones: {clones}")
+    if reports:
         checks = sum(r.get("checks", 0) for r in reports)
         failures = sum(r.get("failures", 0) for r in reports)
         warns = sum(r.get("warnings", 0) for r in reports)

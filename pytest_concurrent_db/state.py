@@ -15,6 +15,7 @@ import pytest
 from .engine import ConcurrentDatabase, Engine, Populator, callable_populator, schema_populator
 from .isolation import IsolationChecker
 from .settings import Settings
+from .url import DatabaseURL
 
 __all__ = ["PluginState", "WorkerConnection", "get_state"]
 
@@ -32,6 +33,8 @@ class PluginState:
     engine: Engine | None = None
     checker: IsolationChecker | None = None
     database: ConcurrentDatabase | None = None
+    #: Engines of integrations (one per Django database alias...), besides ``engine``.
+    extra_engines: list[Engine] = field(default_factory=list)
     worker_reports: list[dict[str, Any]] = field(default_factory=list)
     swept: list[str] = field(default_factory=list)
 
@@ -59,22 +62,28 @@ class PluginState:
         return self.clone_dir
 
     # -- engine --------------------------------------------------------------------------
-    def get_engine(self) -> Engine:
-        if self.engine is None:
-            from .url import DatabaseURL
+    def new_engine(self, url: DatabaseURL, *, base: str | None = None) -> Engine:
+        """An engine for ``url`` using this process's run id, worker id and directories."""
+        sqlite = url.backend == "sqlite"
+        return Engine(
+            url,
+            run_id=self.run_id,
+            worker_id=self.worker_id,
+            lock_dir=self.lock_dir(),
+            lock_timeout=self.settings.lock_timeout,
+            template_dir=self.template_dir() if sqlite else None,
+            clone_dir=self.resolved_clone_dir() if sqlite else None,
+            base=base,
+        )
 
-            url = self.settings.url or DatabaseURL(backend="sqlite", database="")
-            sqlite = url.backend == "sqlite"
-            self.engine = Engine(
-                url,
-                run_id=self.run_id,
-                worker_id=self.worker_id,
-                lock_dir=self.lock_dir(),
-                lock_timeout=self.settings.lock_timeout,
-                template_dir=self.template_dir() if sqlite else None,
-                clone_dir=self.resolved_clone_dir() if sqlite else None,
-            )
+    def get_engine(self) -> Engine:
+        """The engine of the ``concurrent_db`` fixtures (the configured URL)."""
+        if self.engine is None:
+            self.engine = self.new_engine(self.settings.url or DatabaseURL(backend="sqlite", database=""))
         return self.engine
+
+    def all_engines(self) -> list[Engine]:
+        return ([self.engine] if self.engine is not None else []) + self.extra_engines
 
     def populators(self, fixture_populate: Callable[[Any], None] | None) -> list[Populator]:
         out = [schema_populator(path) for path in self.settings.schema]
@@ -118,18 +127,25 @@ class PluginState:
         return self.database
 
     def teardown(self) -> None:
-        if self.engine is not None and self.database is not None and not self.settings.keep:
-            self.engine.drop_clone()
+        """Drop this process's clones (unless ``--concurrent-db-keep``)."""
+        if not self.settings.keep:
+            for engine in self.all_engines():
+                engine.drop_clone()
         self.database = None
 
     def worker_connection(self) -> WorkerConnection:
         assert self.engine is not None and self.checker is not None
         return WorkerConnection(self.engine, self.checker, self.worker_id)
 
-    def report(self) -> dict[str, Any]:
-        stats = self.engine.stats.as_dict() if self.engine is not None else {}
-        stats["worker_id"] = self.worker_id
-        return stats
+    def report(self) -> list[dict[str, Any]]:
+        """One stats dict per engine that made a database in this process."""
+        out = []
+        for engine in self.all_engines():
+            if engine.stats.template:
+                stats = engine.stats.as_dict()
+                stats["worker_id"] = self.worker_id
+                out.append(stats)
+        return out
 
 
 class WorkerConnection:

@@ -49,7 +49,7 @@ class DatabaseURL:
     @property
     def is_memory(self) -> bool:
         """True for an in-memory SQLite database."""
-        return self.backend == "sqlite" and self.database in ("", ":memory:")
+        return self.backend == "sqlite" and (self.database in ("", ":memory:") or "mode=memory" in self.database)
 
     def with_database(self, database: str) -> DatabaseURL:
         return replace(self, database=database)
@@ -100,7 +100,8 @@ def parse_url(text: str) -> DatabaseURL:
         path = text.split("://", 1)[1]
         if path.startswith("/"):
             path = path[1:]  # sqlite:///rel.db -> rel.db, sqlite:////abs.db -> /abs.db
-        path, _, _ = path.partition("?")
+        if not path.startswith("file:"):  # a "file:...?mode=memory" URI keeps its query
+            path, _, _ = path.partition("?")
         return DatabaseURL(backend="sqlite", database=unquote(path))
     try:
         parts = urlsplit(text)

@@ -68,6 +68,8 @@ def connect_url(url: str | DatabaseURL, **kwargs: Any) -> Any:
         import sqlite3
 
         kwargs.setdefault("timeout", 30)
+        if parsed.database.startswith("file:"):
+            kwargs.setdefault("uri", True)
         return sqlite3.connect(parsed.database or ":memory:", **kwargs)
     if parsed.backend == "postgresql":
         params = {
