@@ -1,0 +1,141 @@
+"""A throw-away project per test, run in real pytest subprocesses against real servers."""
+
+from __future__ import annotations
+
+import re
+import secrets
+import textwrap
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+
+import pytest
+
+from pytest_concurrent_db.backends import load_backend
+from pytest_concurrent_db.url import DatabaseURL
+
+SCHEMAS = {
+    "sqlite": """
+        CREATE TABLE author (id INTEGER PRIMARY KEY, name TEXT NOT NULL);
+        CREATE TABLE book (id INTEGER PRIMARY KEY, author_id INTEGER NOT NULL REFERENCES author(id),
+                           title TEXT NOT NULL, worker TEXT);
+        CREATE INDEX book_title ON book (title);
+        CREATE VIEW book_view AS SELECT b.title, a.name FROM book b JOIN author a ON a.id = b.author_id;
+        CREATE TABLE audit (book_id INTEGER);
+        CREATE TRIGGER book_audit AFTER INSERT ON book BEGIN INSERT INTO audit VALUES (NEW.id); END;
+        INSERT INTO author (id, name) VALUES (1, 'seed');
+    """,
+    "postgresql": """
+        CREATE TABLE author (id SERIAL PRIMARY KEY, name TEXT NOT NULL);
+        CREATE TABLE book (id SERIAL PRIMARY KEY, author_id INTEGER NOT NULL REFERENCES author(id),
+                           title TEXT NOT NULL, worker TEXT);
+        CREATE INDEX book_title ON book (title);
+        CREATE VIEW book_view AS SELECT b.title, a.name FROM book b JOIN author a ON a.id = b.author_id;
+        CREATE TABLE audit (book_id INTEGER);
+        CREATE FUNCTION book_audit() RETURNS trigger AS $$
+        BEGIN INSERT INTO audit VALUES (NEW.id); RETURN NEW; END; $$ LANGUAGE plpgsql;
+        CREATE TRIGGER book_audit AFTER INSERT ON book FOR EACH ROW EXECUTE FUNCTION book_audit();
+        INSERT INTO author (name) VALUES ('seed');
+    """,
+    "mysql": """
+        CREATE TABLE author (id INT AUTO_INCREMENT PRIMARY KEY, name VARCHAR(100) NOT NULL) ENGINE=InnoDB;
+        CREATE TABLE book (id INT AUTO_INCREMENT PRIMARY KEY, author_id INT NOT NULL, title VARCHAR(100) NOT NULL,
+                           worker VARCHAR(20), CONSTRAINT book_author FOREIGN KEY (author_id) REFERENCES author(id),
+                           INDEX book_title (title)) ENGINE=InnoDB;
+        CREATE VIEW book_view AS SELECT b.title, a.name FROM book b JOIN author a ON a.id = b.author_id;
+        CREATE TABLE audit (book_id INT) ENGINE=InnoDB;
+        CREATE TRIGGER book_audit AFTER INSERT ON book FOR EACH ROW INSERT INTO audit VALUES (NEW.id);
+        INSERT INTO author (name) VALUES ('seed');
+    """,
+}
+PARAM = {"sqlite": "?", "postgresql": "%s", "mysql": "%s"}
+
+
+@dataclass
+class Project:
+    """A pytester project bound to one backend and a database name unique to the test."""
+
+    pytester: pytest.Pytester
+    backend: str
+    url: DatabaseURL
+    base: str
+
+    @property
+    def url_arg(self) -> list[str]:
+        return ["--concurrent-db-url", self.url.render(hide_password=False)]
+
+    def write(self, schema: str | None = None, tests: str = "", conftest: str = "", ini: str = "") -> None:
+        self.pytester.makefile(".sql", schema=textwrap.dedent(schema if schema is not None else SCHEMAS[self.backend]))
+        self.pytester.makeini("[pytest]\nconcurrent_db_schema = schema.sql\n" + textwrap.dedent(ini))
+        if conftest:
+            self.pytester.makeconftest(textwrap.dedent(conftest))
+        if tests:
+            self.pytester.makepyfile(test_project=textwrap.dedent(tests).replace("PARAM", PARAM[self.backend]))
+
+    def run(self, *args: str, url: bool = True) -> pytest.RunResult:
+        argv = ["--concurrent-db", "-p", "no:randomly", *(self.url_arg if url else []), *args]
+        return self.pytester.runpytest_subprocess(*argv, timeout=240)
+
+    def server_names(self) -> list[str]:
+        """Names of our databases for this project's base name still on the server (or disk)."""
+        if self.backend == "sqlite":
+            found = self.pytester.path.rglob(f"cdb_{self.base}_*.db")
+            return sorted(p.name.removesuffix(".db").removesuffix(".building") for p in found)
+        backend = self._backend()
+        try:
+            return [info.name for info in backend.list_databases(f"cdb_{self.base}_")]
+        finally:
+            backend.close()
+
+    def clones(self) -> list[str]:
+        return [n for n in self.server_names() if "_tpl_" not in n]
+
+    def _backend(self):  # type: ignore[no-untyped-def]
+        root = self.pytester.path
+        return load_backend(
+            self.url,
+            template_dir=root / ".pytest_cache" / "d" / "concurrent_db",
+            clone_dir=root / "clones",
+        )
+
+    def drop_all(self) -> None:
+        backend = self._backend()
+        try:
+            for info in backend.list_databases(f"cdb_{self.base}_"):
+                if info.marker is not None:
+                    backend.drop(info.name)
+        finally:
+            backend.close()
+
+
+@pytest.fixture
+def project(backend_url: DatabaseURL, pytester: pytest.Pytester) -> Iterator[Project]:
+    """A project on each backend in turn; its databases are dropped afterwards."""
+    base = "it" + secrets.token_hex(3)
+    if backend_url.backend == "sqlite":
+        url = backend_url.with_database(str(pytester.path / f"{base}.db"))
+    else:
+        url = backend_url.with_database(base)
+    proj = Project(pytester, backend_url.backend, url, base)
+    yield proj
+    if backend_url.backend != "sqlite":
+        proj.drop_all()
+
+
+def outcome_line(result: pytest.RunResult) -> str:
+    return result.stdout.lines[-1] if result.stdout.lines else ""
+
+
+def summary(result: pytest.RunResult) -> str:
+    text = result.stdout.str()
+    match = re.search(r"=+ concurrent-db =+\n(.*?)(?:\n=|$)", text, re.DOTALL)
+    return match.group(1) if match else ""
+
+
+@pytest.fixture
+def results_dir(pytester: pytest.Pytester, monkeypatch: pytest.MonkeyPatch) -> Path:
+    """A directory the inner tests write their observations to (env RESULTS_DIR)."""
+    path = pytester.path / "results"
+    path.mkdir()
+    monkeypatch.setenv("RESULTS_DIR", str(path))
+    return path
