@@ -142,7 +142,9 @@ def pytest_sessionstart(session: pytest.Session) -> None:
     try:
         state.get_engine().preflight()
     except ConcurrentDBError as exc:
-        state.get_engine().close()
+        if state.engine is not None:
+            state.engine.close()
+            state.engine = None
         raise pytest.UsageError(str(exc)) from None
 
 
