@@ -12,6 +12,7 @@ touched.  Template builds hold ``template:<name>`` the same way.
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import inspect
 import json
@@ -218,10 +219,8 @@ class Engine:
                 connection.close()
             self.backend.set_marker(name, Marker(**{**marker.__dict__, "state": "ready", "created": time.time()}))
         except BaseException:
-            try:
+            with contextlib.suppress(Exception):  # the original error matters more; leftovers are reaped
                 self.backend.drop(name)
-            except Exception:  # the original error matters more; a leftover is reaped later
-                pass
             raise
 
     @contextmanager
@@ -348,12 +347,10 @@ def _base_name(url: DatabaseURL) -> str:
 
 
 def _write_holder(path: Path, run_id: str, worker_id: str) -> None:
-    try:
+    with contextlib.suppress(OSError):
         path.with_suffix(".holder").write_text(
             f"pid {os.getpid()} on {socket.gethostname()} (run {run_id}, worker {worker_id})", encoding="utf-8"
         )
-    except OSError:
-        pass
 
 
 def _holder(path: Path) -> str:

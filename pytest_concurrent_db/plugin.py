@@ -50,15 +50,17 @@ def pytest_addoption(parser: pytest.Parser) -> None:
         else:
             kwargs.update(metavar=option.metavar)
         group.addoption(option.flag, **kwargs)
-        ini_type = "paths" if option.kind == "paths" else "string"
-        parser.addini(option.ini, option.help, type=ini_type, default=None)
+        if option.kind == "paths":
+            parser.addini(option.ini, option.help, type="paths", default=None)
+        else:
+            parser.addini(option.ini, option.help, type="string", default=None)
 
 
 def _resolve(config: pytest.Config) -> Settings:
     inipath = config.inipath
     return resolve(
-        cli=lambda dest: config.getoption(dest),
-        ini=lambda key: config.getini(key),
+        cli=config.getoption,
+        ini=config.getini,
         cwd=Path(config.invocation_params.dir),
         ini_dir=inipath.parent if inipath else None,
     )

@@ -134,7 +134,8 @@ class PluginState:
         self.database = None
 
     def worker_connection(self) -> WorkerConnection:
-        assert self.engine is not None and self.checker is not None
+        assert self.engine is not None
+        assert self.checker is not None
         return WorkerConnection(self.engine, self.checker, self.worker_id)
 
     def report(self) -> list[dict[str, Any]]:

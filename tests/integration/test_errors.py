@@ -47,7 +47,9 @@ def test_bad_url(pytester: pytest.Pytester, url: str, fragment: str) -> None:
     assert "s3cr3t" not in result.stdout.str() + result.stderr.str()
 
 
-def test_bad_url_from_environment_names_the_variable(pytester: pytest.Pytester, monkeypatch: pytest.MonkeyPatch) -> None:
+def test_bad_url_from_environment_names_the_variable(
+    pytester: pytest.Pytester, monkeypatch: pytest.MonkeyPatch
+) -> None:
     pytester.makepyfile(PASSING_TEST)
     monkeypatch.setenv("CONCURRENT_DB_URL", "mongodb://x")
     result = pytester.runpytest_subprocess("-n", "2", "--concurrent-db")
