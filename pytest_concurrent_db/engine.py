@@ -33,7 +33,7 @@ from .errors import ConcurrentDBError, ConfigError, LockTimeoutError, NotOursErr
 from .naming import PREFIX, clone_name, template_name
 from .url import DatabaseURL
 
-__all__ = ["ConcurrentDatabase", "Engine", "Populator", "callable_populator", "schema_populator"]
+__all__ = ["ConcurrentDatabase", "Engine", "Entry", "Populator", "callable_populator", "schema_populator"]
 
 
 @dataclass(frozen=True)
@@ -105,6 +105,7 @@ class Stats:
     drop_seconds: float = 0.0
     dropped: list[str] = field(default_factory=list)
     reaped: list[str] = field(default_factory=list)
+    pruned: list[str] = field(default_factory=list)
     check_seconds: float = 0.0
     checks: int = 0
     warnings: int = 0
@@ -125,6 +126,7 @@ class Engine:
         worker_id: str,
         lock_dir: Path,
         lock_timeout: float = 300.0,
+        keep_templates: int = 2,
         template_dir: Path | None = None,
         clone_dir: Path | None = None,
         base: str | None = None,
@@ -134,6 +136,8 @@ class Engine:
         self.worker_id = worker_id
         self.lock_dir = Path(lock_dir)
         self.lock_timeout = lock_timeout
+        self.keep_templates = keep_templates
+        self._inputs: tuple[tuple[Populator, ...], tuple[str, ...]] = ((), ())
         self.base = base or _base_name(url)
         self.stats = Stats()
         self.backend: Backend = load_backend(
@@ -171,6 +175,7 @@ class Engine:
         Built at most once per run, even with ``rebuild``: a template built by this
         run is always reused.
         """
+        self._inputs = (tuple(populators), tuple(extra))
         fingerprint = self.fingerprint(populators, extra)
         name = template_name(self.base, fingerprint)
         self.template = self.stats.template = name
@@ -186,6 +191,7 @@ class Engine:
             self._build(name, fingerprint, populators)
             self.stats.template_built = True
             self.stats.template_seconds = time.perf_counter() - begun
+            self.stats.pruned.extend(e.name for e in self.prune(keep_templates=self.keep_templates))
         return name
 
     def _usable(self, marker: Marker | None, fingerprint: str, rebuild: bool) -> bool:
@@ -275,7 +281,18 @@ class Engine:
             pid=os.getpid(),
         )
         try:
-            self.backend.clone(self.template, name, marker)
+            try:
+                self.backend.clone(self.template, name, marker)
+            except ConcurrentDBError:
+                raise
+            except Exception:
+                if self.backend.exists(self.template):
+                    raise
+                # pruned or rebuilt by another run between our check and our clone: once more
+                populators, extra = self._inputs
+                self.ensure_template(populators, extra=extra)
+                marker = Marker(**{**marker.__dict__, "template": self.template})
+                self.backend.clone(self.template, name, marker)
         except BaseException:
             self.backend.release_lock(f"clone:{name}")
             raise
@@ -336,8 +353,97 @@ class Engine:
                 self.backend.release_lock(key)
         return dropped
 
+    def inventory(self) -> list[Entry]:
+        """Every database of ours on the server, with whether its owner is alive."""
+        infos = [i for i in self.backend.list_databases(PREFIX) if i.marker is not None]
+        own = {self.database.name} if self.database is not None else set()
+        live_clones: dict[str, bool] = {}
+        for info in infos:
+            assert info.marker is not None
+            if info.marker.kind == "clone":
+                live_clones[info.name] = info.name in own or self._is_live(f"clone:{info.name}")
+        used = {i.marker.template for i in infos if i.marker and i.marker.kind == "clone" and live_clones[i.name]}
+        entries = []
+        now = time.time()
+        for info in infos:
+            marker = info.marker
+            assert marker is not None
+            if marker.kind == "clone":
+                live = live_clones[info.name]
+            elif marker.state != "ready":
+                live = self._is_live(f"template:{info.name}")
+            else:
+                live = info.name in used or info.name == self.template
+            entries.append(
+                Entry(
+                    info.name,
+                    marker.kind,
+                    marker.state,
+                    marker.run_id,
+                    marker.worker_id,
+                    marker.template,
+                    marker.fingerprint,
+                    live,
+                    max(now - marker.created, 0.0),
+                    info.size_bytes,
+                )
+            )
+        return entries
+
+    def prune(self, *, keep_templates: int | None = None, dry_run: bool = False) -> list[Entry]:
+        """Drop dead clones, abandoned template builds, and stale ready templates beyond the
+        newest ``keep_templates`` per base name that no live run uses.  Returns what was (or,
+        with ``dry_run``, would be) dropped."""
+        keep = self.keep_templates if keep_templates is None else keep_templates
+        entries = self.inventory()
+        doomed = [e for e in entries if not e.live and (e.kind == "clone" or e.state != "ready")]
+        by_base: dict[str, list[Entry]] = {}
+        for entry in entries:
+            if entry.kind == "template" and entry.state == "ready" and entry.name != self.template:
+                by_base.setdefault(entry.name.rsplit("_tpl_", 1)[0], []).append(entry)
+        for group in by_base.values():
+            group.sort(key=lambda e: e.age_seconds)
+            doomed.extend(e for e in group[keep:] if not e.live)
+        if dry_run:
+            return doomed
+        dropped = []
+        for entry in doomed:
+            key = f"{entry.kind}:{entry.name}"
+            if not self.backend.try_lock(key):
+                continue  # came alive meanwhile
+            try:
+                self.backend.drop(entry.name)
+                dropped.append(entry)
+            except NotOursError:
+                pass
+            finally:
+                self.backend.release_lock(key)
+        return dropped
+
+    def _is_live(self, key: str) -> bool:
+        if self.backend.try_lock(key):
+            self.backend.release_lock(key)
+            return False
+        return True
+
     def close(self) -> None:
         self.backend.close()
+
+
+@dataclass(frozen=True)
+class Entry:
+    """One of our databases as :meth:`Engine.inventory` sees it."""
+
+    name: str
+    kind: str
+    state: str
+    run_id: str
+    worker_id: str
+    template: str
+    fingerprint: str
+    live: bool
+    age_seconds: float
+    size_bytes: int | None
 
 
 def _base_name(url: DatabaseURL) -> str:

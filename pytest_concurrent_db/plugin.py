@@ -110,6 +110,10 @@ def pytest_configure(config: pytest.Config) -> None:
             raise pytest.UsageError(str(exc)) from None
     if config.pluginmanager.hasplugin("xdist"):
         config.pluginmanager.register(_XdistHooks(state), "concurrent_db_xdist")
+    if settings.enabled and config.pluginmanager.hasplugin("django"):  # after pytest-django: our fixtures win
+        from .django import DjangoPlugin
+
+        config.pluginmanager.register(DjangoPlugin(state), "concurrent_db_django")
 
 
 class _XdistHooks:

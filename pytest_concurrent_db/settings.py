@@ -34,7 +34,7 @@ class Option:
     """One setting: its names in every source, its type, default and help."""
 
     name: str
-    kind: str  # "bool" | "str" | "float" | "paths" | "choice"
+    kind: str  # "bool" | "str" | "int" | "float" | "paths" | "choice"
     default: Any
     help: str
     choices: tuple[str, ...] = ()
@@ -76,6 +76,13 @@ OPTIONS: tuple[Option, ...] = (
     Option("rebuild", "bool", False, "Rebuild the template even if an up-to-date one exists"),
     Option("lock_timeout", "float", 300.0, "Seconds to wait for the template lock (default: 300)", metavar="SECONDS"),
     Option(
+        "keep_templates",
+        "int",
+        2,
+        "How many out-of-date templates to keep per database name (older unused ones are dropped; default: 2)",
+        metavar="N",
+    ),
+    Option(
         "isolation",
         "choice",
         "default",
@@ -97,6 +104,7 @@ class Settings:
     keep: bool = False
     rebuild: bool = False
     lock_timeout: float = 300.0
+    keep_templates: int = 2
     isolation: str = "default"
     sources: Mapping[str, str] = field(default_factory=dict, compare=False)
 
@@ -178,6 +186,16 @@ def _convert(option: Option, value: Any, source: str, base: Path) -> Any:
                 f"concurrent-db: {source} must be a positive number of seconds, not {value!r}; fix {option.names()}"
             )
         return number
+    if option.kind == "int":
+        try:
+            count = int(value)
+        except ValueError:
+            count = -1
+        if count < 0:
+            raise ConfigError(
+                f"concurrent-db: {source} must be a whole number >= 0, not {value!r}; fix {option.names()}"
+            )
+        return count
     if option.kind == "choice":
         text = str(value).strip().lower()
         if text not in option.choices:

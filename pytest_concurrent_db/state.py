@@ -71,6 +71,7 @@ class PluginState:
             worker_id=self.worker_id,
             lock_dir=self.lock_dir(),
             lock_timeout=self.settings.lock_timeout,
+            keep_templates=self.settings.keep_templates,
             template_dir=self.template_dir() if sqlite else None,
             clone_dir=self.resolved_clone_dir() if sqlite else None,
             base=base,

@@ -1,0 +1,107 @@
+"""``python -m pytest_concurrent_db list|prune``: our databases on a server.
+
+``list`` shows every template and clone we made (name, kind, run, live or dead,
+age, size).  ``prune`` drops the dead ones — clones whose run is gone, abandoned
+template builds, out-of-date templates beyond ``--keep-templates`` that no live run
+uses — as a dry run unless ``--yes`` is given.  The same safety rules as the plugin:
+only databases with our prefix and our marker, never one whose owner is alive.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import sys
+import tempfile
+from collections.abc import Sequence
+from pathlib import Path
+
+from .engine import Engine, Entry
+from .errors import ConcurrentDBError
+from .naming import new_run_id
+from .url import DatabaseURL, parse_url
+
+
+def _engine(args: argparse.Namespace) -> Engine:
+    text = args.url or os.environ.get("CONCURRENT_DB_URL")
+    url: DatabaseURL = parse_url(text) if text else DatabaseURL(backend="sqlite", database="")
+    cache = Path(args.dir) if args.dir else Path.cwd() / ".pytest_cache" / "d" / "concurrent_db"
+    uid = os.getuid() if hasattr(os, "getuid") else 0
+    lock_dir = (
+        cache / "locks" if url.backend == "sqlite" else Path(tempfile.gettempdir()) / f"pytest-concurrent-db-{uid}"
+    )
+    return Engine(
+        url,
+        run_id="cli" + new_run_id(),
+        worker_id="cli",
+        lock_dir=lock_dir,
+        template_dir=cache if url.backend == "sqlite" else None,
+        clone_dir=cache if url.backend == "sqlite" else None,
+    )
+
+
+def _age(seconds: float) -> str:
+    for unit, size in (("d", 86400), ("h", 3600), ("m", 60)):
+        if seconds >= size:
+            return f"{seconds / size:.0f}{unit}"
+    return f"{seconds:.0f}s"
+
+
+def _size(size: int | None) -> str:
+    if size is None:
+        return "?"
+    for unit in ("B", "kB", "MB", "GB"):
+        if size < 1024:
+            return f"{size:.0f}{unit}"
+        size //= 1024
+    return f"{size}TB"
+
+
+def _table(entries: Sequence[Entry]) -> str:
+    rows = [("NAME", "KIND", "RUN", "WORKER", "STATUS", "AGE", "SIZE")]
+    for e in sorted(entries, key=lambda e: (e.kind != "template", e.name)):
+        status = e.state if e.state != "ready" else ("live" if e.live else "dead")
+        if e.kind == "template" and e.state == "ready":
+            status = "in use" if e.live else "unused"
+        rows.append((e.name, e.kind, e.run_id, e.worker_id or "-", status, _age(e.age_seconds), _size(e.size_bytes)))
+    widths = [max(len(row[i]) for row in rows) for i in range(len(rows[0]))]
+    return "\n".join("  ".join(cell.ljust(w) for cell, w in zip(row, widths)).rstrip() for row in rows)
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="python -m pytest_concurrent_db", description=__doc__.split("\n\n")[0])
+    parser.add_argument("command", choices=["list", "prune"])
+    parser.add_argument("--url", help="database server URL (default: env CONCURRENT_DB_URL, else SQLite)")
+    parser.add_argument("--dir", help="SQLite template directory (default: ./.pytest_cache/d/concurrent_db)")
+    parser.add_argument(
+        "--keep-templates",
+        type=int,
+        default=2,
+        metavar="N",
+        help="out-of-date templates to keep per database name (default: 2)",
+    )
+    parser.add_argument("--yes", action="store_true", help="prune: really drop (default: dry run)")
+    args = parser.parse_args(argv)
+    try:
+        engine = _engine(args)
+        try:
+            engine.backend.preflight()
+            if args.command == "list":
+                entries = engine.inventory()
+                print(_table(entries) if entries else "no databases of pytest-concurrent-db found")
+                return 0
+            doomed = engine.prune(keep_templates=args.keep_templates, dry_run=not args.yes)
+            verb = "dropped" if args.yes else "would drop (dry run; pass --yes to drop)"
+            print(f"{verb}: {len(doomed)} database(s)")
+            for entry in doomed:
+                print(f"  {entry.name} ({entry.kind}, run {entry.run_id})")
+            return 0
+        finally:
+            engine.close()
+    except ConcurrentDBError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
+
+
+if __name__ == "__main__":
+    sys.exit(main())
