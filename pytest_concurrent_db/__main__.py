@@ -12,11 +12,10 @@ from __future__ import annotations
 import argparse
 import os
 import sys
-import tempfile
 from collections.abc import Sequence
 from pathlib import Path
 
-from .engine import Engine, Entry
+from .engine import Engine, Entry, server_lock_dir
 from .errors import ConcurrentDBError
 from .naming import new_run_id
 from .url import DatabaseURL, parse_url
@@ -26,10 +25,7 @@ def _engine(args: argparse.Namespace) -> Engine:
     text = args.url or os.environ.get("CONCURRENT_DB_URL")
     url: DatabaseURL = parse_url(text) if text else DatabaseURL(backend="sqlite", database="")
     cache = Path(args.dir) if args.dir else Path.cwd() / ".pytest_cache" / "d" / "concurrent_db"
-    uid = os.getuid() if hasattr(os, "getuid") else 0
-    lock_dir = (
-        cache / "locks" if url.backend == "sqlite" else Path(tempfile.gettempdir()) / f"pytest-concurrent-db-{uid}"
-    )
+    lock_dir = cache / "locks" if url.backend == "sqlite" else server_lock_dir()
     return Engine(
         url,
         run_id="cli" + new_run_id(),

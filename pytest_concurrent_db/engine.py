@@ -18,6 +18,7 @@ import inspect
 import json
 import os
 import socket
+import tempfile
 import time
 from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
@@ -33,7 +34,15 @@ from .errors import ConcurrentDBError, ConfigError, LockTimeoutError, NotOursErr
 from .naming import PREFIX, clone_name, template_name
 from .url import DatabaseURL
 
-__all__ = ["ConcurrentDatabase", "Engine", "Entry", "Populator", "callable_populator", "schema_populator"]
+__all__ = [
+    "ConcurrentDatabase",
+    "Engine",
+    "Entry",
+    "Populator",
+    "callable_populator",
+    "schema_populator",
+    "server_lock_dir",
+]
 
 
 @dataclass(frozen=True)
@@ -444,6 +453,12 @@ class Entry:
     live: bool
     age_seconds: float
     size_bytes: int | None
+
+
+def server_lock_dir() -> Path:
+    """The machine-wide directory of template file locks for server backends."""
+    uid = os.getuid() if hasattr(os, "getuid") else 0
+    return Path(tempfile.gettempdir()) / f"pytest-concurrent-db-{uid}"
 
 
 def _base_name(url: DatabaseURL) -> str:

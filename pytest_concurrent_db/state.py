@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import os
 import tempfile
 import time
 from collections.abc import Callable
@@ -12,7 +11,7 @@ from typing import Any
 
 import pytest
 
-from .engine import ConcurrentDatabase, Engine, Populator, callable_populator, schema_populator
+from .engine import ConcurrentDatabase, Engine, Populator, callable_populator, schema_populator, server_lock_dir
 from .isolation import IsolationChecker
 from .settings import Settings
 from .url import DatabaseURL
@@ -54,7 +53,7 @@ class PluginState:
     def lock_dir(self) -> Path:
         if self.settings.backend == "sqlite":
             return self.template_dir() / "locks"
-        return Path(tempfile.gettempdir()) / f"pytest-concurrent-db-{os.getuid() if hasattr(os, 'getuid') else 0}"
+        return server_lock_dir()
 
     def resolved_clone_dir(self) -> Path:
         if self.clone_dir is None:
