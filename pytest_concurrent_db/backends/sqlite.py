@@ -3,14 +3,18 @@ files in a clone directory (pytest's base temp dir), copied with the backup API.
 
 A template is built at ``<name>.building.db`` and moved into place with
 ``os.replace`` only when complete, so a half-built template is never seen.  Each
-database we create has a sidecar ``<name>.json`` holding its marker; a ``.db``
-without one is not ours and is never deleted.  Clones may also live in memory
+database we create has a marker file: ``<template_dir>/<name>.json`` for templates,
+``<template_dir>/clones/<name>.json`` for clones (holding the clone's path too), so
+that every run on this machine sees every clone — a live run's (its template is in
+use) and a killed run's (to be reaped).  A ``.db`` without a marker is not ours and
+is never deleted.  Clones may also live in memory
 (``memory=True``): a shared-cache in-memory database kept alive by an anchor
 connection, for code that wants SQLite's in-memory speed.
 """
 
 from __future__ import annotations
 
+import json
 import os
 import socket
 import sqlite3
@@ -48,20 +52,31 @@ class SQLiteBackend:
     def _dir_for(self, marker: Marker) -> Path:
         return self.template_dir if marker.kind == "template" else self.clone_dir
 
+    @property
+    def _registry(self) -> Path:
+        return self.template_dir / "clones"
+
     def _find(self, name: str) -> Path | None:
         """The ``.db`` path of ``name`` (ready template, building template or clone)."""
-        for directory in (self.clone_dir, self.template_dir):
-            for candidate in (directory / f"{name}.db", directory / f"{name}.building.db"):
-                if candidate.exists():
-                    return candidate
-        return None
+        entry = self._read_entry(self._registry / f"{name}.json")
+        candidates = [Path(entry["path"])] if entry and entry.get("path") else []
+        candidates += [self.clone_dir / f"{name}.db", self.template_dir / f"{name}.db"]
+        candidates.append(self.template_dir / f"{name}.building.db")
+        return next((c for c in candidates if c.exists()), None)
 
     def _sidecar(self, name: str) -> Path | None:
-        for directory in (self.clone_dir, self.template_dir):
-            path = directory / f"{name}.json"
+        for path in (self._registry / f"{name}.json", self.template_dir / f"{name}.json"):
             if path.exists():
                 return path
         return None
+
+    @staticmethod
+    def _read_entry(path: Path) -> dict[str, Any] | None:
+        try:
+            data = json.loads(path.read_text(encoding="utf-8"))
+        except (OSError, ValueError):
+            return None
+        return data if isinstance(data, dict) else None
 
     def _memory_uri(self, name: str) -> str:
         return f"file:{name}?mode=memory&cache=shared"
@@ -94,6 +109,9 @@ class SQLiteBackend:
         sidecar = self._sidecar(name)
         if sidecar is None or (self._find(name) is None and name not in self._anchors):
             return None
+        if sidecar.parent == self._registry:
+            entry = self._read_entry(sidecar)
+            return Marker.decode(entry.get("marker")) if entry else None
         return Marker.decode(sidecar.read_text(encoding="utf-8"))
 
     def exists(self, name: str) -> bool:
@@ -106,20 +124,32 @@ class SQLiteBackend:
                 continue
             for path in directory.glob(f"{prefix}*.db"):
                 name = path.name[: -len(".building.db")] if path.name.endswith(".building.db") else path.stem
-                found[name] = DatabaseInfo(name, self.get_marker(name), path.stat().st_size)
+                found[name] = DatabaseInfo(name, self.get_marker(name), _size(path))
+        if self._registry.is_dir():
+            for sidecar in self._registry.glob(f"{prefix}*.json"):
+                name = sidecar.stem
+                entry = self._read_entry(sidecar) or {}
+                path = Path(entry["path"]) if entry.get("path") else None
+                found[name] = DatabaseInfo(name, Marker.decode(entry.get("marker")), _size(path))
         return sorted(found.values(), key=lambda info: info.name)
 
-    def _write_marker(self, name: str, marker: Marker) -> None:
-        directory = self._dir_for(marker)
+    def _write_marker(self, name: str, marker: Marker, path: Path | None = None) -> None:
+        if marker.kind == "clone":
+            directory = self._registry
+            text = json.dumps({"marker": marker.encode(), "path": str(path.resolve()) if path else None})
+        else:
+            directory = self.template_dir
+            text = marker.encode()
+        directory.mkdir(parents=True, exist_ok=True)
         tmp = directory / f"{name}.json.{os.getpid()}.tmp"
-        tmp.write_text(marker.encode(), encoding="utf-8")
+        tmp.write_text(text, encoding="utf-8")
         os.replace(tmp, directory / f"{name}.json")
 
     def create(self, name: str, marker: Marker) -> None:
         directory = self._dir_for(marker)
         directory.mkdir(parents=True, exist_ok=True)
-        self._write_marker(name, marker)
         path = directory / (f"{name}.building.db" if marker.state == "building" else f"{name}.db")
+        self._write_marker(name, marker, path)
         sqlite3.connect(path).close()
 
     def set_marker(self, name: str, marker: Marker) -> None:
@@ -134,7 +164,7 @@ class SQLiteBackend:
             self._write_marker(name, marker)
             os.replace(path, path.with_name(f"{name}.db"))
         else:
-            self._write_marker(name, marker)
+            self._write_marker(name, marker, path)
 
     def clone(self, template: str, name: str, marker: Marker) -> None:
         source = sqlite3.connect(f"file:{self.path(template)}?mode=ro", uri=True)
@@ -153,7 +183,7 @@ class SQLiteBackend:
                 source.backup(target)
             finally:
                 target.close()
-            self._write_marker(name, marker)
+            self._write_marker(name, marker, final)
             os.replace(tmp, final)
         finally:
             source.close()
@@ -268,6 +298,13 @@ class SQLiteBackend:
     def close(self) -> None:
         for key in list(self._locks):
             self.release_lock(key)
+
+
+def _size(path: Path | None) -> int | None:
+    try:
+        return path.stat().st_size if path is not None else None
+    except OSError:
+        return None
 
 
 def _read_holder(path: Path) -> str:

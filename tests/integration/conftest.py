@@ -78,9 +78,6 @@ class Project:
 
     def server_names(self) -> list[str]:
         """Names of our databases for this project's base name still on the server (or disk)."""
-        if self.backend == "sqlite":
-            found = self.pytester.path.rglob(f"cdb_{self.base}_*.db")
-            return sorted(p.name.removesuffix(".db").removesuffix(".building") for p in found)
         backend = self._backend()
         try:
             return [info.name for info in backend.list_databases(f"cdb_{self.base}_")]
@@ -118,8 +115,7 @@ def project(backend_url: DatabaseURL, pytester: pytest.Pytester) -> Iterator[Pro
         url = backend_url.with_database(base)
     proj = Project(pytester, backend_url.backend, url, base)
     yield proj
-    if backend_url.backend != "sqlite":
-        proj.drop_all()
+    proj.drop_all()
 
 
 def outcome_line(result: pytest.RunResult) -> str:

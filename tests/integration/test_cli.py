@@ -14,7 +14,11 @@ def _cli(project: Project, *args: str) -> subprocess.CompletedProcess[str]:
     url = [] if project.backend == "sqlite" else ["--url", project.url.render(hide_password=False)]
     return subprocess.run(
         [sys.executable, "-m", "pytest_concurrent_db", *args, *url],
-        cwd=project.pytester.path, capture_output=True, text=True, timeout=60, check=False,
+        cwd=project.pytester.path,
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=False,
     )
 
 
@@ -64,7 +68,10 @@ def test_new_template_prunes_old_ones_beyond_keep(project: Project) -> None:
 def test_cli_error_is_one_line(project: Project) -> None:
     result = subprocess.run(
         [sys.executable, "-m", "pytest_concurrent_db", "list", "--url", "postgresql://u:s3cr3t@127.0.0.1:1/x"],
-        capture_output=True, text=True, timeout=60, check=False,
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=False,
     )
     assert result.returncode == 2
     assert "cannot connect" in result.stderr

@@ -154,12 +154,14 @@ def test_isolation_check_catches_a_tampered_clone(project: Project) -> None:
         import json, pathlib
         from pytest_concurrent_db.backends.base import Marker
 
-        def test_tamper(concurrent_db, concurrent_db_connection):
+        def test_tamper(request, concurrent_db, concurrent_db_connection):
             fake = Marker(kind="clone", run_id="other", worker_id="gw9").encode()
             backend = concurrent_db.backend
-            if backend == "sqlite":
-                path = pathlib.Path(concurrent_db.url[len("sqlite:///"):]).with_suffix(".json")
-                path.write_text(fake)
+            if backend == "sqlite":  # the marker file in the clone registry
+                from pytest_concurrent_db.state import get_state
+                registry = get_state(request.config).engine.backend.template_dir / "clones"
+                entry = registry / f"{concurrent_db.name}.json"
+                entry.write_text(json.dumps({**json.loads(entry.read_text()), "marker": fake}))
             elif backend == "postgresql":
                 from psycopg import sql
                 with concurrent_db.connect(autocommit=True) as conn:

@@ -1,0 +1,3 @@
+"""Reliability tests reuse the integration project fixture."""
+
+from tests.integration.conftest import project, results_dir  # noqa: F401  (fixtures)

@@ -1,0 +1,142 @@
+"""Crashes and concurrent runs: the run ends cleanly, nothing is left, live runs are never touched."""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import sys
+import time
+from collections.abc import Callable
+
+import pytest
+
+from tests.integration.conftest import Project, summary
+
+SLOW_TESTS = """
+    import os, time, pytest
+
+    @pytest.mark.parametrize("i", range(4))
+    def test_slow(concurrent_db_connection, i):
+        time.sleep(float(os.environ.get("SLOW_SECONDS", "30")))
+"""
+
+
+def _wait_for(condition: Callable[[], bool], timeout: float = 60.0) -> None:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if condition():
+            return
+        time.sleep(0.2)
+    raise AssertionError("condition not met in time")
+
+
+def _start(project: Project, *args: str, env: dict[str, str] | None = None) -> subprocess.Popen[bytes]:
+    argv = [sys.executable, "-m", "pytest", "--concurrent-db", *project.url_arg, *args]
+    return subprocess.Popen(
+        argv,
+        cwd=project.pytester.path,
+        start_new_session=True,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        env={**os.environ, **(env or {})},
+    )
+
+
+def test_worker_killed_mid_run_is_swept_by_the_controller(project: Project) -> None:
+    tests = """
+        import os, signal, pathlib, pytest
+
+        @pytest.mark.parametrize("i", range(6))
+        def test_maybe_die(concurrent_db_connection, worker_id, i):
+            flag = pathlib.Path(os.environ["FLAG_DIR"]) / "killed"
+            if worker_id == "gw0" and not flag.exists():
+                flag.write_text("x")
+                os.kill(os.getpid(), signal.SIGKILL)
+    """
+    project.write(tests=tests)
+    project.pytester.path.joinpath("flags").mkdir()
+    os.environ["FLAG_DIR"] = str(project.pytester.path / "flags")
+    try:
+        result = project.run("-n", "2")
+    finally:
+        del os.environ["FLAG_DIR"]
+    assert "crashed" in result.stdout.str()
+    assert result.ret == 1  # the killed test fails; the run ends normally
+    assert "(1 left by crashed workers)" in summary(result)
+    assert project.clones() == []
+
+
+def test_whole_run_killed_is_reaped_by_the_next_run(project: Project) -> None:
+    project.write(tests=SLOW_TESTS)
+    proc = _start(project, "-n", "2")
+    try:
+        _wait_for(lambda: len(project.clones()) == 2)
+        orphans = project.clones()
+    finally:
+        os.killpg(proc.pid, signal.SIGKILL)
+        proc.communicate()
+    assert project.clones() == orphans  # left behind by the kill
+    project.write(tests="def test_quick(concurrent_db): pass\n")
+    result = project.run("-n", "2")
+    result.assert_outcomes(passed=1)
+    assert not set(orphans) & set(project.server_names())
+
+
+def test_a_live_run_is_never_reaped_by_another(project: Project) -> None:
+    """Another run (with a new template and --concurrent-db-keep-templates 0) reaps and prunes,
+    but neither the live run's clones nor the template it uses."""
+    project.write(tests=SLOW_TESTS)
+    other = project.pytester.path / "other.sql"
+    other.write_text((project.pytester.path / "schema.sql").read_text() + "\nCREATE TABLE other (id INTEGER);\n")
+    project.pytester.makepyfile(test_quick="def test_quick(concurrent_db): pass\n")
+    slow = _start(project, "-n", "2", "test_project.py", env={"SLOW_SECONDS": "5"})
+    try:
+        if project.backend != "sqlite":
+            _wait_for(lambda: len(project.clones()) == 2)
+        else:
+            time.sleep(3)
+        before = set(project.server_names())
+        quick = project.run(
+            "-p",
+            "no:xdist",
+            "test_quick.py",
+            "--concurrent-db-schema",
+            "other.sql",
+            "--concurrent-db-keep-templates",
+            "0",
+        )
+        quick.assert_outcomes(passed=1)
+        assert "built by" in summary(quick)
+        assert before <= set(project.server_names())  # the live run's clones and template are all there
+        output, _ = slow.communicate(timeout=120)
+    finally:
+        if slow.poll() is None:
+            os.killpg(slow.pid, signal.SIGKILL)
+            slow.communicate()
+    assert slow.returncode == 0, output.decode()
+    assert b"4 passed" in output
+    assert project.clones() == []
+
+
+def test_three_concurrent_runs_share_one_template(project: Project) -> None:
+    tests = """
+        import os, time, pytest
+        @pytest.mark.parametrize("i", range(4))
+        def test_write(concurrent_db_connection, i):
+            cur = concurrent_db_connection.cursor()
+            cur.execute("INSERT INTO author (name) VALUES (PARAM)", (str(os.getpid()),))
+            concurrent_db_connection.commit()
+            time.sleep(0.1)
+            cur.execute("SELECT DISTINCT name FROM author WHERE name <> 'seed'")
+            assert [row[0] for row in cur.fetchall()] == [str(os.getpid())]  # no other process's rows
+    """
+    project.write(tests=tests)
+    procs = [_start(project, "-n", "2") for _ in range(3)]
+    outputs = [p.communicate(timeout=180)[0].decode() for p in procs]
+    for proc, output in zip(procs, outputs):
+        assert proc.returncode == 0, output
+    built = sum("built by" in output for output in outputs)
+    reused = sum("reused (inputs unchanged)" in output for output in outputs)
+    assert (built, reused) == (1, 2), outputs
+    assert project.clones() == []
