@@ -111,9 +111,9 @@ def pytest_configure(config: pytest.Config) -> None:
     if config.pluginmanager.hasplugin("xdist"):
         config.pluginmanager.register(_XdistHooks(state), "concurrent_db_xdist")
     if settings.enabled and config.pluginmanager.hasplugin("django"):  # after pytest-django: our fixtures win
-        from .django import DjangoPlugin
+        from . import django as django_integration
 
-        config.pluginmanager.register(DjangoPlugin(state), "concurrent_db_django")
+        config.pluginmanager.register(django_integration, "concurrent_db_django")
 
 
 class _XdistHooks:

@@ -9,8 +9,6 @@ import sys
 import time
 from collections.abc import Callable
 
-import pytest
-
 from tests.integration.conftest import Project, summary
 
 SLOW_TESTS = """
