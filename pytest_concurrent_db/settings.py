@@ -205,7 +205,12 @@ def _convert(option: Option, value: Any, source: str, base: Path) -> Any:
             )
         return text
     if option.kind == "paths":
-        items = _split_paths(value)
+        try:
+            items = _split_paths(value)
+        except ValueError as exc:
+            raise ConfigError(
+                f"concurrent-db: {source} is not a valid list of files ({exc}); fix {option.names()}"
+            ) from None
         paths = tuple(p if p.is_absolute() else base / p for p in items)
         for path in paths:
             if not path.is_file():
@@ -220,15 +225,11 @@ def _convert(option: Option, value: Any, source: str, base: Path) -> Any:
 
 
 def _split_paths(value: Any) -> list[Path]:
-    """Paths from a list (CLI, ini) or a string separated by spaces or commas (env)."""
-    items = value if isinstance(value, (list, tuple)) else [value]
-    out: list[Path] = []
-    for item in items:
-        if isinstance(item, Path):
-            out.append(item)
-            continue
-        out.extend(Path(p) for part in shlex.split(str(item)) for p in part.split(",") if p)
-    return out
+    """Paths from a list (CLI, ini: each item is one path) or a string (env: separated by
+    spaces or commas, shell quoting allowed).  Raises ValueError on unbalanced quotes."""
+    if isinstance(value, (list, tuple)):
+        return [Path(str(item)) for item in value if str(item)]
+    return [Path(p) for part in shlex.split(str(value)) for p in part.split(",") if p]
 
 
 def option(name: str) -> Option:

@@ -37,25 +37,24 @@ def split_sql(text: str, dialect: str) -> list[Statement]:
 
 
 def _split_sqlite(text: str) -> list[Statement]:
+    """Split at each ``;`` that completes a statement (as SQLite itself decides)."""
     out: list[Statement] = []
-    buf: list[str] = []
-    start = 1
-    for number, line in enumerate(text.splitlines(keepends=True), 1):
-        if not buf and not line.strip():
-            continue
-        if not buf:
-            start = number
-        buf.append(line)
-        chunk = "".join(buf)
-        if sqlite3.complete_statement(chunk):
-            stmt = chunk.strip()
-            if _has_code(stmt):
-                out.append(Statement(stmt, start))
-            buf = []
-    rest = "".join(buf).strip()
-    if rest and _has_code(rest):
-        out.append(Statement(rest, start))
+    start = 0
+    position = text.find(";")
+    while position >= 0:
+        if sqlite3.complete_statement(text[start : position + 1]):
+            _emit_sqlite(out, text, start, position)
+            start = position + 1
+        position = text.find(";", position + 1)
+    _emit_sqlite(out, text, start, len(text))
     return out
+
+
+def _emit_sqlite(out: list[Statement], text: str, start: int, end: int) -> None:
+    begin = _skip_comments(text, start, end, mysql=False)
+    stmt = text[begin:end].strip()
+    if stmt and _has_code(stmt):
+        out.append(Statement(stmt, 1 + text.count("\n", 0, begin)))
 
 
 def _has_code(stmt: str) -> bool:
@@ -134,7 +133,7 @@ def _split_generic(text: str, *, mysql: bool) -> list[Statement]:
             line += text.count("\n", i, j)
             i = j
         elif ch == "$" and not mysql:
-            m = _DOLLAR.match(text, i)
+            m = _DOLLAR.match(text, i) if i == 0 or not (text[i - 1].isalnum() or text[i - 1] in "_$") else None
             if m:
                 end = text.find(m.group(0), m.end())
                 end = n if end < 0 else end + len(m.group(0))

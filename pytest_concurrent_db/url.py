@@ -106,8 +106,11 @@ def parse_url(text: str) -> DatabaseURL:
     try:
         parts = urlsplit(text)
         port = parts.port
-    except ValueError as exc:
-        raise ConfigError(f"concurrent-db: malformed database URL {_redact(text)!r} ({exc}); {_FIX}") from None
+    except ValueError:
+        raise ConfigError(
+            f"concurrent-db: malformed database URL {_redact(text)!r}: the port must be a number from 0 to "
+            f"65535 (percent-encode '/', ':' and '@' in the password); {_FIX}"
+        ) from None
     database = unquote(parts.path.lstrip("/"))
     if "/" in database:
         raise ConfigError(
@@ -126,8 +129,10 @@ def parse_url(text: str) -> DatabaseURL:
 
 def _redact(text: str) -> str:
     """Hide a password in a URL that may not even parse."""
-    if "://" not in text or "@" not in text:
+    if "@" not in text:
         return text
+    if "://" not in text:
+        return "***@" + text.rpartition("@")[2]
     scheme, rest = text.split("://", 1)
     auth, _, hostpart = rest.rpartition("@")
     if ":" in auth:
