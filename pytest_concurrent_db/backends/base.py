@@ -50,10 +50,18 @@ class Marker:
         if not text or not text.startswith(MARKER_TAG):
             return None
         try:
-            data = json.loads(text[len(MARKER_TAG) :])
-            return cls(**data)
+            marker = cls(**json.loads(text[len(MARKER_TAG) :]))
         except (ValueError, TypeError):
             return None
+        texts = (marker.run_id, marker.worker_id, marker.template, marker.fingerprint, marker.host)
+        if (
+            marker.kind not in ("template", "clone")
+            or marker.state not in ("building", "ready")
+            or not all(isinstance(t, str) for t in texts)
+            or not isinstance(marker.created, (int, float))
+        ):
+            return None
+        return marker
 
 
 @dataclass(frozen=True)
