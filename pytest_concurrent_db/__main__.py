@@ -56,7 +56,9 @@ def _size(size: int | None) -> str:
 def _table(entries: Sequence[Entry]) -> str:
     rows = [("NAME", "KIND", "RUN", "WORKER", "STATUS", "AGE", "SIZE")]
     for e in sorted(entries, key=lambda e: (e.kind != "template", e.name)):
-        status = e.state if e.state != "ready" else ("live" if e.live else "dead")
+        status = e.state if e.state == "building" else ("live" if e.live else "dead")
+        if e.state == "kept" and not e.live:
+            status = "kept"
         if e.kind == "template" and e.state == "ready":
             status = "in use" if e.live else "unused"
         rows.append((e.name, e.kind, e.run_id, e.worker_id or "-", status, _age(e.age_seconds), _size(e.size_bytes)))
@@ -86,7 +88,7 @@ def main(argv: Sequence[str] | None = None) -> int:
                 entries = engine.inventory()
                 print(_table(entries) if entries else "no databases of pytest-concurrent-db found")
                 return 0
-            doomed = engine.prune(keep_templates=args.keep_templates, dry_run=not args.yes)
+            doomed = engine.prune(keep_templates=args.keep_templates, dry_run=not args.yes, everything=True)
             verb = "dropped" if args.yes else "would drop (dry run; pass --yes to drop)"
             print(f"{verb}: {len(doomed)} database(s)")
             for entry in doomed:

@@ -31,7 +31,7 @@ from filelock import FileLock, Timeout
 from . import __version__
 from .backends import Backend, Marker, connect_url, load_backend
 from .errors import ConcurrentDBError, ConfigError, LockTimeoutError, NotOursError
-from .naming import PREFIX, clone_name, template_name
+from .naming import PREFIX, clone_name, sanitize, template_name
 from .url import DatabaseURL
 
 __all__ = [
@@ -317,6 +317,17 @@ class Engine:
         )
         return self.database
 
+    def keep_clone(self) -> None:
+        """Mark this worker's clone as kept (``--concurrent-db-keep``): no later run reaps it;
+        ``python -m pytest_concurrent_db prune`` removes it."""
+        if self.database is None:
+            return
+        marker = self.backend.get_marker(self.database.name)
+        if marker is not None:
+            self.backend.set_marker(self.database.name, Marker(**{**marker.__dict__, "state": "kept"}))
+        self.backend.release_lock(f"clone:{self.database.name}")
+        self.database = None
+
     def drop_clone(self) -> None:
         """Drop this worker's clone and release its lock."""
         if self.database is None:
@@ -335,12 +346,15 @@ class Engine:
     def sweep_run(self) -> list[str]:
         """Drop clones of this run whose owner is gone (crashed workers)."""
         own = self.database.name if self.database is not None else None
-        return self._drop_dead(lambda m: m.kind == "clone" and m.run_id == self.run_id, skip=own)
+        return self._drop_dead(lambda m: m.kind == "clone" and m.run_id == self.run_id and m.state != "kept", skip=own)
 
     def reap_dead(self) -> list[str]:
         """Drop clones of other runs whose owner is gone, and unfinished templates."""
         reaped = self._drop_dead(
-            lambda m: (m.kind == "clone" and m.run_id != self.run_id) or (m.kind == "template" and m.state != "ready")
+            lambda m: (
+                (m.kind == "clone" and m.run_id != self.run_id and m.state != "kept")
+                or (m.kind == "template" and m.state != "ready")
+            )
         )
         self.stats.reaped.extend(reaped)
         return reaped
@@ -399,17 +413,26 @@ class Engine:
             )
         return entries
 
-    def prune(self, *, keep_templates: int | None = None, dry_run: bool = False) -> list[Entry]:
-        """Drop dead clones, abandoned template builds, and stale ready templates beyond the
-        newest ``keep_templates`` per base name that no live run uses.  Returns what was (or,
-        with ``dry_run``, would be) dropped."""
+    def prune(
+        self, *, keep_templates: int | None = None, dry_run: bool = False, everything: bool = False
+    ) -> list[Entry]:
+        """Drop stale ready templates beyond the newest ``keep_templates`` that no live run uses.
+
+        By default (after a template build) only templates of this engine's base name,
+        i.e. this project's, are considered.  With ``everything`` (the CLI's ``prune``)
+        every base name is, and so are dead clones, kept clones and abandoned builds.
+        Returns what was (or, with ``dry_run``, would be) dropped.
+        """
         keep = self.keep_templates if keep_templates is None else keep_templates
         entries = self.inventory()
-        doomed = [e for e in entries if not e.live and (e.kind == "clone" or e.state != "ready")]
+        doomed = [e for e in entries if everything and not e.live and (e.kind == "clone" or e.state != "ready")]
         by_base: dict[str, list[Entry]] = {}
         for entry in entries:
-            if entry.kind == "template" and entry.state == "ready" and entry.name != self.template:
-                by_base.setdefault(entry.name.rsplit("_tpl_", 1)[0], []).append(entry)
+            if entry.kind != "template" or entry.state != "ready" or entry.name == self.template:
+                continue
+            base = entry.name.rsplit("_tpl_", 1)[0]
+            if everything or base == f"{PREFIX}{sanitize(self.base)}":
+                by_base.setdefault(base, []).append(entry)
         for group in by_base.values():
             group.sort(key=lambda e: e.age_seconds)
             doomed.extend(e for e in group[keep:] if not e.live)

@@ -128,8 +128,10 @@ class PluginState:
 
     def teardown(self) -> None:
         """Drop this process's clones (unless ``--concurrent-db-keep``)."""
-        if not self.settings.keep:
-            for engine in self.all_engines():
+        for engine in self.all_engines():
+            if self.settings.keep:
+                engine.keep_clone()
+            else:
                 engine.drop_clone()
         self.database = None
 

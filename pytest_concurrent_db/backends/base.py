@@ -22,7 +22,7 @@ __all__ = ["MARKER_TAG", "Backend", "DatabaseInfo", "Marker"]
 MARKER_TAG = "pytest-concurrent-db:v1 "
 
 Kind = Literal["template", "clone"]
-State = Literal["building", "ready"]
+State = Literal["building", "ready", "kept"]
 
 
 @dataclass(frozen=True)
@@ -56,7 +56,7 @@ class Marker:
         texts = (marker.run_id, marker.worker_id, marker.template, marker.fingerprint, marker.host)
         if (
             marker.kind not in ("template", "clone")
-            or marker.state not in ("building", "ready")
+            or marker.state not in ("building", "ready", "kept")
             or not all(isinstance(t, str) for t in texts)
             or not isinstance(marker.created, (int, float))
         ):
