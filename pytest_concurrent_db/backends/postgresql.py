@@ -1,0 +1,477 @@
+"""PostgreSQL backend: ``CREATE DATABASE ... TEMPLATE`` on a control connection.
+
+The control connection (autocommit) lives in the maintenance database (URL option
+``maintenance_db``, else ``postgres``, else ``template1``), never in the user's
+database nor in one of our templates: any session on a template makes
+``CREATE DATABASE ... TEMPLATE`` wait and fail.  Session-level advisory locks are
+held on it, so every process sharing a server must use the same maintenance database.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import re
+import time
+from typing import Any, ClassVar
+
+import psycopg
+from psycopg import errors, sql
+
+from ..errors import (
+    BackendUnavailableError,
+    ConcurrentDBError,
+    ConfigError,
+    LockTimeoutError,
+    NotOursError,
+    PrivilegeError,
+    ScriptError,
+)
+from ..naming import lock_key
+from ..sqlscript import Statement, split_sql
+from ..url import DatabaseURL
+from .base import DatabaseInfo, Marker
+
+__all__ = ["PostgreSQLBackend"]
+
+_FIX_URL = "fix --concurrent-db-url (ini concurrent_db_url, env CONCURRENT_DB_URL)"
+_STRATEGIES = ("wal_log", "file_copy")
+#: Settings whose list elements are identifiers: ``ALTER DATABASE SET`` needs one literal each.
+_LIST_QUOTE = frozenset({"search_path", "temp_tablespaces", "local_preload_libraries",
+                         "session_preload_libraries"})
+_LIST_ITEM = re.compile(r'"(?:[^"]|"")*"|[^,\s"]+')
+_IDLE, _INTRANS = 0, 2  # TransactionStatus in psycopg 3 and psycopg2 alike
+
+
+def _one_line(text: str) -> str:
+    return " ".join(text.split())
+
+
+def _reason(exc: BaseException) -> str:
+    """The server's primary message (or the driver's text), on one line."""
+    return _one_line(getattr(getattr(exc, "diag", None), "message_primary", None) or str(exc))
+
+
+def _split_list(value: str) -> list[str]:
+    """``"$user", app`` -> ``["$user", "app"]`` (the stored form of a list setting)."""
+    items = _LIST_ITEM.findall(value) or [value]
+    return [i[1:-1].replace('""', '"') if i.startswith('"') else i for i in items]
+
+
+class PostgreSQLBackend:
+    """Databases on one PostgreSQL server; see :class:`~.base.Backend` for the contract."""
+
+    name: ClassVar[str] = "postgresql"
+    max_name_length: ClassVar[int] = 63
+
+    #: How long clone/create/drop retry while the source database is in use (seconds).
+    in_use_timeout: float = 30.0
+
+    def __init__(self, url: DatabaseURL, *, application_name: str = "pytest-concurrent-db",
+                 strategy: str | None = None) -> None:
+        if strategy and strategy.lower() not in _STRATEGIES:
+            raise ConfigError(f"concurrent-db: unknown PostgreSQL clone strategy {strategy!r}: use "
+                              "wal_log or file_copy (--concurrent-db-clone-strategy, ini "
+                              "concurrent_db_clone_strategy, env CONCURRENT_DB_CLONE_STRATEGY)")
+        self.url = url
+        self.application_name = application_name
+        self.strategy = strategy.lower() if strategy else None
+        self._conn: psycopg.Connection[Any] | None = None
+        self._maintenance_db = ""
+        self._held: set[str] = set()
+
+    # -- connections ------------------------------------------------------------
+    def _params(self, dbname: str) -> dict[str, Any]:
+        known = {o.keyword.decode() for o in psycopg.pq.Conninfo.get_defaults()}
+        params: dict[str, Any] = {k: v for k, v in self.url.query if k in known}
+        params.update(host=self.url.host, port=self.url.port, user=self.url.username,
+                      password=self.url.password, dbname=dbname, connect_timeout=10,
+                      application_name=self.application_name)
+        return {k: v for k, v in params.items() if v is not None}
+
+    def _unavailable(self, exc: Exception, url: DatabaseURL | None = None) -> BackendUnavailableError:
+        reason = _one_line(str(exc))
+        if self.url.password:
+            reason = reason.replace(self.url.password, "***")
+        return BackendUnavailableError(
+            f"concurrent-db: cannot connect to PostgreSQL at {(url or self.url).render()}: {reason}; "
+            f"start the server or {_FIX_URL}"
+        )
+
+    def _open_control(self) -> psycopg.Connection[Any]:
+        wanted = self.url.option("maintenance_db")
+        candidates = [wanted] if wanted else ["postgres", "template1"]
+        first: psycopg.OperationalError | None = None
+        for dbname in candidates:
+            try:
+                conn = psycopg.connect(**self._params(dbname), autocommit=True)
+            except psycopg.OperationalError as exc:
+                first = first or exc
+                continue
+            if dbname == "template1" and conn.execute(
+                "SELECT 1 FROM pg_database WHERE datname = 'postgres'"
+            ).fetchone():
+                conn.close()  # postgres exists: the first failure was not "no such database"
+                break
+            self._maintenance_db = dbname
+            return conn
+        assert first is not None
+        raise self._unavailable(first) from None
+
+    def _control(self) -> psycopg.Connection[Any]:
+        if self._conn is not None and self._conn.closed and self._held:
+            lost, self._held = sorted(self._held), set()
+            self._conn = None
+            raise ConcurrentDBError(
+                f"concurrent-db: lost the connection to PostgreSQL at {self.url}; the locks "
+                f"{', '.join(lost)} it held are released; check the server"
+            )
+        if self._conn is None or self._conn.closed:
+            self._conn = self._open_control()
+        return self._conn
+
+    def _exec(self, query: str | sql.Composed, params: Any = None) -> list[tuple[Any, ...]]:
+        cur = self._control().execute(query, params)
+        return cur.fetchall() if cur.description else []
+
+    def _major(self) -> int:
+        return self._control().info.server_version // 10000
+
+    def connect(self, name: str, *, autocommit: bool = False) -> Any:
+        try:
+            return psycopg.connect(**self._params(name), autocommit=autocommit)
+        except psycopg.OperationalError as exc:
+            raise self._unavailable(exc, self.url.with_database(name)) from None
+
+    def url_for(self, name: str) -> str:
+        return self.url.with_database(name).render(hide_password=False)
+
+    def close(self) -> None:
+        """Release our locks at once (a closed session frees them only when its server
+        process exits, a moment later), then close the control connection."""
+        conn, self._conn = self._conn, None
+        if conn is not None and not conn.closed:
+            if self._held:
+                with contextlib.suppress(psycopg.Error):
+                    conn.execute("SELECT pg_advisory_unlock_all()")
+            conn.close()
+        self._held.clear()
+
+    # -- server -------------------------------------------------------------------
+    def server_version(self) -> str:
+        v = self._control().info.server_version  # 150020; we need 10+ (pg_stat_activity.backend_type)
+        return f"PostgreSQL {v // 10000}.{v % 10000}"
+
+    def _grant_fix(self) -> str:
+        return f"ALTER ROLE {self._exec('SELECT quote_ident(current_user)')[0][0]} CREATEDB"
+
+    def preflight(self) -> None:
+        rows = self._exec("SELECT current_user, rolcreatedb OR rolsuper FROM pg_roles "
+                          "WHERE rolname = current_user")
+        if not rows or not rows[0][1]:
+            raise PrivilegeError(
+                f"concurrent-db: PostgreSQL user {rows[0][0] if rows else self.url.username!r} at "
+                f"{self.url} may not create databases (checked rolcreatedb and rolsuper): run "
+                f"{self._grant_fix()} as a superuser, or use another user: {_FIX_URL}"
+            )
+
+    # -- databases ----------------------------------------------------------------
+    def _check_name(self, name: str) -> None:
+        if not name or "\x00" in name or len(name.encode()) > self.max_name_length:
+            raise ConcurrentDBError(f"concurrent-db: invalid PostgreSQL database name {name!r}: it must "
+                                    f"be 1 to {self.max_name_length} bytes (longer ones are truncated)")
+
+    def _row(self, name: str) -> tuple[Any, ...] | None:
+        rows = self._exec("SELECT datistemplate, shobj_description(oid, 'pg_database') "
+                          "FROM pg_database WHERE datname = %s", (name,))
+        return rows[0] if rows else None
+
+    def get_marker(self, name: str) -> Marker | None:
+        row = self._row(name)
+        return Marker.decode(row[1]) if row else None
+
+    def exists(self, name: str) -> bool:
+        return self._row(name) is not None
+
+    def list_databases(self, prefix: str) -> list[DatabaseInfo]:
+        pattern = prefix.replace("\\", "\\\\").replace("%", "\\%").replace("_", "\\_") + "%"
+        size = ("CASE WHEN has_database_privilege(d.oid, 'CONNECT') "
+                "THEN pg_database_size(d.oid) END")
+        query = ("SELECT d.datname, shobj_description(d.oid, 'pg_database'), {} FROM pg_database d "
+                 "WHERE d.datname LIKE %s ESCAPE '\\' ORDER BY d.datname")
+        try:
+            rows = self._exec(sql.SQL(query).format(sql.SQL(size)), (pattern,))
+        except psycopg.DatabaseError:  # a size we may not read, or a database dropped meanwhile
+            rows = self._exec(sql.SQL(query).format(sql.NULL), (pattern,))
+        return [DatabaseInfo(n, Marker.decode(c), s) for n, c, s in rows]
+
+    def _comment(self, name: str, marker: Marker) -> None:
+        self._exec(sql.SQL("COMMENT ON DATABASE {} IS {}").format(
+            sql.Identifier(name), sql.Literal(marker.encode())))
+
+    def _create(self, query: sql.Composed, name: str, source: str, what: str) -> None:
+        """Run CREATE DATABASE ``query``, retrying while ``source`` is in use."""
+        deadline = time.monotonic() + self.in_use_timeout
+        delay = 0.05
+        while True:
+            try:
+                self._exec(query)
+            except errors.ObjectInUse:
+                if time.monotonic() + delay >= deadline:
+                    raise ConcurrentDBError(
+                        f"concurrent-db: cannot {what}: {source!r} was still in use after "
+                        f"{self.in_use_timeout:g}s by {', '.join(self._sessions(source)) or 'other sessions'}; "
+                        "close those sessions (nothing may be connected to a database being copied)"
+                    ) from None
+                time.sleep(delay)
+                delay = min(delay * 2, 1.0)
+            except (errors.DuplicateDatabase, errors.UniqueViolation):
+                raise ConcurrentDBError(
+                    f"concurrent-db: cannot {what}: database {name!r} already exists") from None
+            except errors.InsufficientPrivilege as exc:
+                raise PrivilegeError(f"concurrent-db: cannot {what}: {_reason(exc)}; run "
+                                     f"{self._grant_fix()} as a superuser, or {_FIX_URL}") from None
+            except errors.InvalidCatalogName:
+                raise ConcurrentDBError(f"concurrent-db: cannot {what}: database {source!r} does not "
+                                        "exist (pruned by another run?)") from None
+            except psycopg.Error as exc:  # e.g. an invalid (half-dropped) template
+                raise ConcurrentDBError(f"concurrent-db: cannot {what}: {_reason(exc)}") from exc
+            else:
+                return
+
+    def _finish(self, name: str, steps: list[sql.Composed], marker: Marker, what: str) -> None:
+        """Record ``marker`` (first: a leftover we fail to drop can still be reaped), then run
+        ``steps`` on the new database ``name``; drop it on any failure."""
+        try:
+            self._comment(name, marker)
+            for step in steps:
+                self._exec(step)
+        except BaseException as exc:
+            with contextlib.suppress(psycopg.Error):
+                self._force_drop(name)
+            if not isinstance(exc, psycopg.Error):
+                raise
+            error = PrivilegeError if isinstance(exc, errors.InsufficientPrivilege) else ConcurrentDBError
+            raise error(f"concurrent-db: cannot {what}: {_reason(exc)}; the new database was dropped") from exc
+
+    def create(self, name: str, marker: Marker) -> None:
+        """Create ``name`` from the default template (template0 when our own control
+        connection sits in template1, which would block every other worker)."""
+        self._check_name(name)
+        self._control()
+        query = sql.SQL("CREATE DATABASE {}").format(sql.Identifier(name))
+        source = "template1"
+        if self._maintenance_db == "template1":
+            query += sql.SQL(" TEMPLATE template0")
+            source = "template0"
+        what = f"create database {name!r}"
+        self._create(query, name, source, what)
+        self._finish(name, [], marker, what)
+
+    def set_marker(self, name: str, marker: Marker) -> None:
+        row = self._row(name)
+        if row is None or Marker.decode(row[1]) is None:
+            raise NotOursError(f"concurrent-db: refusing to mark database {name!r}: it "
+                               f"{'does not exist' if row is None else 'carries no pytest-concurrent-db marker'}")
+        self._comment(name, marker)
+        if marker.kind == "template" and marker.state == "ready":
+            self._exec(sql.SQL("ALTER DATABASE {} WITH IS_TEMPLATE true ALLOW_CONNECTIONS false")
+                       .format(sql.Identifier(name)))
+
+    def clone(self, template: str, name: str, marker: Marker) -> None:
+        self._check_name(name)
+        query = sql.SQL("CREATE DATABASE {} TEMPLATE {}").format(
+            sql.Identifier(name), sql.Identifier(template))
+        if self.strategy and self._major() >= 15:
+            query += sql.SQL(" STRATEGY {}").format(sql.Literal(self.strategy.upper()))
+        settings = self._exec("SELECT unnest(s.setconfig) FROM pg_db_role_setting s "
+                              "JOIN pg_database d ON d.oid = s.setdatabase "
+                              "WHERE d.datname = %s AND s.setrole = 0", (template,))
+        steps: list[sql.Composed] = []
+        for (entry,) in settings:
+            key, _, value = entry.partition("=")
+            values = _split_list(value) if key.lower() in _LIST_QUOTE else [value]
+            steps.append(sql.SQL("ALTER DATABASE {} SET {} = {}").format(
+                sql.Identifier(name), sql.Identifier(*key.split(".")),
+                sql.SQL(", ").join(sql.Literal(v) for v in values)))
+        what = f"clone template {template!r} into {name!r}"
+        self._create(query, name, template, what)
+        self._finish(name, steps, marker, what)
+
+    def _force_drop(self, name: str) -> None:
+        ident = sql.Identifier(name)
+        if self._major() >= 13:  # FORCE ends the other sessions and keeps new ones out
+            self._exec(sql.SQL("DROP DATABASE IF EXISTS {} WITH (FORCE)").format(ident))
+            return
+        self._exec(sql.SQL("ALTER DATABASE {} ALLOW_CONNECTIONS false").format(ident))
+        deadline = time.monotonic() + self.in_use_timeout
+        while True:
+            self._exec("SELECT pg_terminate_backend(pid) FROM pg_stat_activity "
+                       "WHERE datname = %s AND pid <> pg_backend_pid()", (name,))
+            try:
+                self._exec(sql.SQL("DROP DATABASE IF EXISTS {}").format(ident))
+            except errors.ObjectInUse:
+                if time.monotonic() >= deadline:
+                    raise
+                time.sleep(0.1)
+            else:
+                return
+
+    def drop(self, name: str) -> None:
+        row = self._row(name)
+        if row is None:
+            return
+        if name == self.url.database:  # belt and braces: the user's database is never ours
+            raise NotOursError(f"concurrent-db: refusing to drop {name!r}: it is the database of "
+                               "--concurrent-db-url, which is never dropped")
+        if Marker.decode(row[1]) is None:
+            raise NotOursError(f"concurrent-db: refusing to drop database {name!r}: it carries no "
+                               "pytest-concurrent-db marker (COMMENT ON DATABASE), so we did not "
+                               "create it; drop it yourself if it is a leftover")
+        try:
+            if row[0]:
+                self._exec(sql.SQL("ALTER DATABASE {} WITH IS_TEMPLATE false").format(sql.Identifier(name)))
+            self._force_drop(name)
+        except psycopg.Error as exc:  # e.g. prepared transactions or replication slots on it
+            error = PrivilegeError if isinstance(exc, errors.InsufficientPrivilege) else ConcurrentDBError
+            raise error(f"concurrent-db: cannot drop database {name!r}: {_reason(exc)}") from exc
+
+    # -- scripts --------------------------------------------------------------------
+    def run_script(self, connection: Any, text: str, source: str) -> None:
+        """Run ``text`` in one round trip; on error find the statement from the error
+        position, or (no position: an execution error) by replaying it statement by
+        statement in a transaction that is rolled back."""
+        conn: psycopg.Connection[Any] = connection
+        try:
+            if text.strip():
+                conn.execute(text)
+            conn.commit()
+        except psycopg.Error as exc:
+            with contextlib.suppress(psycopg.Error):
+                conn.rollback()
+            error = exc
+        else:
+            return
+        statements = split_sql(text, "postgresql")
+        position = error.diag.statement_position if isinstance(error, psycopg.DatabaseError) else None
+        failed = (self._at(text, statements, int(position) - 1) if position
+                  else self._replay(conn, statements))
+        reason = _reason(error)
+        where = f"{source}:{failed.line}: {failed.snippet()}" if failed else source
+        raise ScriptError(f"concurrent-db: {where}: {reason}", source,
+                          failed.line if failed else 0, failed.snippet() if failed else "")
+
+    @staticmethod
+    def _at(text: str, statements: list[Statement], offset: int) -> Statement | None:
+        found, cursor = None, 0
+        for stmt in statements:
+            start = text.find(stmt.text, cursor)
+            if start < 0 or start > offset:
+                break
+            found, cursor = stmt, start + len(stmt.text)
+        return found
+
+    @staticmethod
+    def _replay(conn: psycopg.Connection[Any], statements: list[Statement]) -> Statement | None:
+        with contextlib.suppress(psycopg.Error):
+            try:
+                with conn.transaction(force_rollback=True):
+                    for stmt in statements:
+                        try:
+                            conn.execute(stmt.text)
+                        except psycopg.Error:
+                            return stmt
+            finally:
+                if not conn.autocommit:
+                    conn.rollback()
+        return None
+
+    # -- isolation probes -------------------------------------------------------------
+    def current_database(self, connection: Any) -> str:
+        return str(connection.info.dbname)  # a PostgreSQL session never changes database
+
+    def in_transaction(self, connection: Any) -> bool:
+        """True if aborted, or open with writes (a transaction id is assigned).  Any SELECT on
+        a DB-API connection opens a transaction: one that only read is no leftover."""
+        status = int(connection.info.transaction_status)
+        if status != _INTRANS:
+            return status != _IDLE  # aborted, a command still running, or a broken connection
+        cur = connection.cursor()
+        try:
+            cur.execute("SELECT txid_current_if_assigned() IS NOT NULL")
+            return bool(cur.fetchone()[0])
+        finally:
+            cur.close()
+
+    def other_sessions(self, name: str, connection: Any) -> list[str]:
+        return self._sessions(name, exclude=int(connection.info.backend_pid))
+
+    def _sessions(self, name: str, exclude: int = 0) -> list[str]:
+        rows = self._exec("SELECT pid, application_name, client_addr, state FROM pg_stat_activity "
+                          "WHERE datname = %s AND pid <> %s AND backend_type = 'client backend' "
+                          "ORDER BY pid", (name, exclude))
+        return [f"pid {pid} (application_name {app!r}, client {addr or '-'}, state {state or '-'})"
+                for pid, app, addr, state in rows]
+
+    def row_counts(self, connection: Any) -> dict[str, int]:
+        """One query on ``connection``; a transaction it had to open is rolled back."""
+        idle = int(connection.info.transaction_status) == _IDLE
+        cur = connection.cursor()
+        try:
+            cur.execute(
+                "SELECT n.nspname, c.relname, substring(query_to_xml(format("
+                "'SELECT count(*) AS n FROM %%I.%%I', n.nspname, c.relname), false, true, '')::text "
+                "FROM '<n>(\\d+)</n>')::bigint FROM pg_class c "
+                "JOIN pg_namespace n ON n.oid = c.relnamespace "
+                "WHERE c.relkind IN ('r', 'p') AND c.relpersistence <> 't' "
+                "AND n.nspname NOT IN ('pg_catalog', 'information_schema') "
+                "AND n.nspname NOT LIKE 'pg\\_toast%%' AND has_table_privilege(c.oid, 'SELECT') "
+                "ORDER BY 1, 2", ()
+            )
+            return {f"{schema}.{table}": int(count) for schema, table, count in cur.fetchall()}
+        finally:
+            cur.close()
+            if idle and not connection.autocommit:
+                connection.rollback()
+
+    # -- advisory locks on the control connection --------------------------------------
+    def try_lock(self, key: str) -> bool:
+        """Take lock ``key`` if free; a key we hold already returns True (not counted)."""
+        if key in self._held:
+            return True
+        rows = self._exec("SELECT pg_try_advisory_lock(%s)", (lock_key(key),))
+        if rows[0][0]:
+            self._held.add(key)
+        return bool(rows[0][0])
+
+    def acquire_lock(self, key: str, timeout: float) -> None:
+        deadline = time.monotonic() + timeout
+        delay = 0.02
+        while not self.try_lock(key):
+            if time.monotonic() >= deadline:
+                raise LockTimeoutError(
+                    f"concurrent-db: timed out after {timeout:g}s waiting for the PostgreSQL "
+                    f"advisory lock {key!r} (key {lock_key(key)}) held by {self._holder(key)}; "
+                    "raise --concurrent-db-lock-timeout or stop that process"
+                )
+            time.sleep(max(0.0, min(delay, deadline - time.monotonic())))
+            delay = min(delay * 2, 0.5)
+
+    def _holder(self, key: str) -> str:
+        unsigned = lock_key(key) & 0xFFFFFFFFFFFFFFFF
+        rows = self._exec(
+            "SELECT a.pid, a.application_name, a.client_addr, a.backend_start FROM pg_locks l "
+            "JOIN pg_stat_activity a ON a.pid = l.pid WHERE l.locktype = 'advisory' AND l.granted "
+            "AND l.classid::bigint = %s AND l.objid::bigint = %s AND l.objsubid = 1 "
+            "AND l.database = (SELECT oid FROM pg_database WHERE datname = current_database())",
+            (unsigned >> 32, unsigned & 0xFFFFFFFF))
+        if not rows:
+            return "another session (released just now?)"
+        return ", ".join(f"pid {pid} (application_name {app!r}, client {addr or '-'}, "
+                         f"backend_start {start.isoformat(' ', 'seconds') if start else '-'})"
+                         for pid, app, addr, start in rows)
+
+    def release_lock(self, key: str) -> None:
+        if key in self._held:
+            self._held.discard(key)
+            if self._conn is not None and not self._conn.closed:
+                self._exec("SELECT pg_advisory_unlock(%s)", (lock_key(key),))
