@@ -346,7 +346,10 @@ class Engine:
     def sweep_run(self) -> list[str]:
         """Drop clones of this run whose owner is gone (crashed workers)."""
         own = self.database.name if self.database is not None else None
-        return self._drop_dead(lambda m: m.kind == "clone" and m.run_id == self.run_id and m.state != "kept", skip=own)
+        # a worker killed a moment ago may still hold its server session for a little while
+        return self._drop_dead(
+            lambda m: m.kind == "clone" and m.run_id == self.run_id and m.state != "kept", skip=own, wait=3.0
+        )
 
     def reap_dead(self) -> list[str]:
         """Drop clones of other runs whose owner is gone, and unfinished templates."""
@@ -359,13 +362,13 @@ class Engine:
         self.stats.reaped.extend(reaped)
         return reaped
 
-    def _drop_dead(self, wanted: Callable[[Marker], bool], skip: str | None = None) -> list[str]:
+    def _drop_dead(self, wanted: Callable[[Marker], bool], skip: str | None = None, wait: float = 0.0) -> list[str]:
         dropped = []
         for info in self.backend.list_databases(PREFIX):
             if info.marker is None or info.name == skip or not wanted(info.marker):
                 continue
             key = f"{info.marker.kind}:{info.name}"
-            if not self.backend.try_lock(key):
+            if not self._take(key, wait):
                 continue  # its owner is alive
             try:
                 self.backend.drop(info.name)
@@ -451,6 +454,15 @@ class Engine:
             finally:
                 self.backend.release_lock(key)
         return dropped
+
+    def _take(self, key: str, wait: float) -> bool:
+        if wait <= 0:
+            return self.backend.try_lock(key)
+        try:
+            self.backend.acquire_lock(key, wait)
+        except LockTimeoutError:
+            return False
+        return True
 
     def _is_live(self, key: str) -> bool:
         if self.backend.try_lock(key):

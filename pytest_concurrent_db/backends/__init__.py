@@ -39,6 +39,7 @@ def load_backend(
     template_dir: Path | None = None,
     clone_dir: Path | None = None,
     application_name: str = "pytest-concurrent-db",
+    strategy: str | None = None,
 ) -> Backend:
     """The backend for ``url``.  Nothing is connected until first use.
 
@@ -54,7 +55,7 @@ def load_backend(
     if url.backend == "postgresql":
         from .postgresql import PostgreSQLBackend
 
-        return PostgreSQLBackend(url, application_name=application_name)
+        return PostgreSQLBackend(url, application_name=application_name, strategy=strategy)
     from .mysql import MySQLBackend
 
     return MySQLBackend(url, application_name=application_name)

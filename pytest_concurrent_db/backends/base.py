@@ -156,7 +156,10 @@ class Backend(Protocol):
         ...
 
     def in_transaction(self, connection: Any) -> bool:
-        """True if ``connection`` has an open (or aborted) transaction."""
+        """True if ``connection`` has uncommitted writes or an aborted transaction.
+
+        A transaction that only read (DB-API drivers open one for any SELECT) is not
+        reported: it leaves nothing behind."""
         ...
 
     def other_sessions(self, name: str, connection: Any) -> list[str]:

@@ -129,8 +129,8 @@ class SQLiteBackend:
             for sidecar in self._registry.glob(f"{prefix}*.json"):
                 name = sidecar.stem
                 entry = self._read_entry(sidecar) or {}
-                path = Path(entry["path"]) if entry.get("path") else None
-                found[name] = DatabaseInfo(name, Marker.decode(entry.get("marker")), _size(path))
+                clone_path = Path(entry["path"]) if entry.get("path") else None
+                found[name] = DatabaseInfo(name, Marker.decode(entry.get("marker")), _size(clone_path))
         return sorted(found.values(), key=lambda info: info.name)
 
     def _write_marker(self, name: str, marker: Marker, path: Path | None = None) -> None:

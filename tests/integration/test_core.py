@@ -176,7 +176,7 @@ def test_isolation_check_catches_a_tampered_clone(project: Project) -> None:
     project.write(tests=tests)
     result = project.run("-n", "2")
     result.assert_outcomes(passed=1, errors=1)
-    result.stdout.fnmatch_lines(["*isolation check failed for*test_tamper on worker gw0*run other worker gw9*"])
+    result.stdout.fnmatch_lines(["*isolation check failed for*test_tamper on worker gw*run other worker gw9*"])
 
 
 @pytest.mark.parametrize("backend_url", ["mysql"], indirect=True)
