@@ -116,6 +116,9 @@ class Stats:
     reaped: list[str] = field(default_factory=list)
     pruned: list[str] = field(default_factory=list)
     check_seconds: float = 0.0
+    method: str = ""
+    backend: str = ""
+    url: str = ""
     checks: int = 0
     warnings: int = 0
     failures: int = 0
@@ -136,6 +139,7 @@ class Engine:
         lock_dir: Path,
         lock_timeout: float = 300.0,
         keep_templates: int = 2,
+        clone_strategy: str | None = None,
         template_dir: Path | None = None,
         clone_dir: Path | None = None,
         base: str | None = None,
@@ -148,12 +152,13 @@ class Engine:
         self.keep_templates = keep_templates
         self._inputs: tuple[tuple[Populator, ...], tuple[str, ...]] = ((), ())
         self.base = base or _base_name(url)
-        self.stats = Stats()
+        self.stats = Stats(backend=url.backend, url=str(url))
         self.backend: Backend = load_backend(
             url,
             template_dir=template_dir,
             clone_dir=clone_dir,
             application_name=f"pytest-concurrent-db {run_id} {worker_id}",
+            strategy=None if clone_strategy in (None, "auto") else clone_strategy,
         )
         self.template: str | None = None
         self.template_fingerprint = ""
@@ -257,13 +262,11 @@ class Engine:
             _write_holder(path, self.run_id, self.worker_id)
             remaining = max(self.lock_timeout - (time.monotonic() - started), 0.1)
             key = f"template:{name}"
-            if self.backend.name != "sqlite":
-                self.backend.acquire_lock(key, remaining)
+            self.backend.acquire_lock(key, remaining)
             try:
                 yield
             finally:
-                if self.backend.name != "sqlite":
-                    self.backend.release_lock(key)
+                self.backend.release_lock(key)
         finally:
             file_lock.release()
 
@@ -307,6 +310,7 @@ class Engine:
             raise
         self.stats.clone = name
         self.stats.clone_seconds = time.perf_counter() - started
+        self.stats.method = _clone_method(self.backend)
         self.database = ConcurrentDatabase(
             url=self.backend.url_for(name),
             name=name,
@@ -488,6 +492,23 @@ class Entry:
     live: bool
     age_seconds: float
     size_bytes: int | None
+
+
+def _clone_method(backend: Backend) -> str:
+    """How clones are made, for the summary."""
+    if backend.name == "postgresql":
+        strategy = getattr(backend, "strategy", None)
+        if strategy:
+            return f"CREATE DATABASE TEMPLATE, STRATEGY {strategy.upper()}"
+        major = getattr(backend, "_major", lambda: 0)()
+        return (
+            "CREATE DATABASE TEMPLATE, STRATEGY WAL_LOG (server default)"
+            if major >= 15
+            else ("CREATE DATABASE TEMPLATE (file copy)")
+        )
+    if backend.name == "mysql":
+        return "DDL replay + INSERT ... SELECT"
+    return "sqlite3 backup API"
 
 
 def server_lock_dir() -> Path:

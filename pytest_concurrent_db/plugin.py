@@ -135,9 +135,13 @@ def pytest_report_header(config: pytest.Config) -> list[str] | None:
     state = config.stash.get(STATE_KEY, None)
     if state is None or not state.settings.enabled or _is_worker(config):
         return None
-    return [
-        f"concurrent-db: backend={state.settings.backend} run={state.run_id} " + ", ".join(state.settings.describe())
-    ]
+    parts = state.settings.describe()
+    if state.settings.url is None and config.pluginmanager.hasplugin("concurrent_db_django"):
+        backend = "from Django's DATABASES"
+        parts = [p for p in parts if not p.startswith("url=")]
+    else:
+        backend = state.settings.backend
+    return [f"concurrent-db: backend={backend} run={state.run_id} " + ", ".join(parts)]
 
 
 @pytest.hookimpl(tryfirst=True)
@@ -181,12 +185,14 @@ def pytest_terminal_summary(terminalreporter: Any, config: pytest.Config) -> Non
     reports = state.worker_reports if _runs_xdist(config) else state.report()
     tr = terminalreporter
     tr.section("concurrent-db")
-    url = str(state.settings.url) if state.settings.url else "sqlite (default)"
-    tr.write_line(f"backend: {state.settings.backend}  url: {url}  run: {state.run_id}")
+    tr.write_line(f"run: {state.run_id}")
     templates: dict[str, list[dict[str, Any]]] = {}
     for report in reports:
         templates.setdefault(report["template"], []).append(report)
     for template, group in templates.items():
+        first = group[0]
+        url = first.get("url") or "sqlite (default)"
+        tr.write_line(f"backend: {first.get('backend', state.settings.backend)}  url: {url}")
         builders = [r for r in group if r.get("template_built")]
         if builders:
             how = f"built by {builders[0]['worker_id']} in {builders[0]['template_seconds']:.2f}s"
@@ -197,7 +203,8 @@ def pytest_terminal_summary(terminalreporter: Any, config: pytest.Config) -> Non
         clones = ", ".join(
             f"{r['worker_id']} {r['clone_seconds']:.3f}s" for r in sorted(group, key=_worker_order) if r.get("clone")
         )
-        tr.write_line(f"clones: {clones}")
+        method = next((r.get("method") for r in group if r.get("method")), "")
+        tr.write_line(f"clones ({method}): {clones}" if method else f"clones: {clones}")
     if reports:
         checks = sum(r.get("checks", 0) for r in reports)
         failures = sum(r.get("failures", 0) for r in reports)

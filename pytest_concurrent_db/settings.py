@@ -83,6 +83,13 @@ OPTIONS: tuple[Option, ...] = (
         metavar="N",
     ),
     Option(
+        "clone_strategy",
+        "choice",
+        "auto",
+        "PostgreSQL clone strategy: auto (the server's default, WAL_LOG on PostgreSQL 15+), wal_log or file_copy",
+        choices=("auto", "wal_log", "file_copy"),
+    ),
+    Option(
         "isolation",
         "choice",
         "default",
@@ -105,6 +112,7 @@ class Settings:
     rebuild: bool = False
     lock_timeout: float = 300.0
     keep_templates: int = 2
+    clone_strategy: str = "auto"
     isolation: str = "default"
     sources: Mapping[str, str] = field(default_factory=dict, compare=False)
 

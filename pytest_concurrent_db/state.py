@@ -50,8 +50,9 @@ class PluginState:
             return Path(factory.getbasetemp())
         return Path(tempfile.mkdtemp(prefix="pytest-concurrent-db-"))
 
-    def lock_dir(self) -> Path:
-        if self.settings.backend == "sqlite":
+    def lock_dir(self, url: DatabaseURL) -> Path:
+        """Template file locks: beside SQLite templates, machine-wide for servers."""
+        if url.backend == "sqlite":
             return self.template_dir() / "locks"
         return server_lock_dir()
 
@@ -68,9 +69,10 @@ class PluginState:
             url,
             run_id=self.run_id,
             worker_id=self.worker_id,
-            lock_dir=self.lock_dir(),
+            lock_dir=self.lock_dir(url),
             lock_timeout=self.settings.lock_timeout,
             keep_templates=self.settings.keep_templates,
+            clone_strategy=self.settings.clone_strategy,
             template_dir=self.template_dir() if sqlite else None,
             clone_dir=self.resolved_clone_dir() if sqlite else None,
             base=base,

@@ -36,8 +36,7 @@ __all__ = ["PostgreSQLBackend"]
 _FIX_URL = "fix --concurrent-db-url (ini concurrent_db_url, env CONCURRENT_DB_URL)"
 _STRATEGIES = ("wal_log", "file_copy")
 #: Settings whose list elements are identifiers: ``ALTER DATABASE SET`` needs one literal each.
-_LIST_QUOTE = frozenset({"search_path", "temp_tablespaces", "local_preload_libraries",
-                         "session_preload_libraries"})
+_LIST_QUOTE = frozenset({"search_path", "temp_tablespaces", "local_preload_libraries", "session_preload_libraries"})
 _LIST_ITEM = re.compile(r'"(?:[^"]|"")*"|[^,\s"]+')
 _IDLE, _INTRANS = 0, 2  # TransactionStatus in psycopg 3 and psycopg2 alike
 
@@ -66,12 +65,15 @@ class PostgreSQLBackend:
     #: How long clone/create/drop retry while the source database is in use (seconds).
     in_use_timeout: float = 30.0
 
-    def __init__(self, url: DatabaseURL, *, application_name: str = "pytest-concurrent-db",
-                 strategy: str | None = None) -> None:
+    def __init__(
+        self, url: DatabaseURL, *, application_name: str = "pytest-concurrent-db", strategy: str | None = None
+    ) -> None:
         if strategy and strategy.lower() not in _STRATEGIES:
-            raise ConfigError(f"concurrent-db: unknown PostgreSQL clone strategy {strategy!r}: use "
-                              "wal_log or file_copy (--concurrent-db-clone-strategy, ini "
-                              "concurrent_db_clone_strategy, env CONCURRENT_DB_CLONE_STRATEGY)")
+            raise ConfigError(
+                f"concurrent-db: unknown PostgreSQL clone strategy {strategy!r}: use "
+                "wal_log or file_copy (--concurrent-db-clone-strategy, ini "
+                "concurrent_db_clone_strategy, env CONCURRENT_DB_CLONE_STRATEGY)"
+            )
         self.url = url
         self.application_name = application_name
         self.strategy = strategy.lower() if strategy else None
@@ -83,9 +85,15 @@ class PostgreSQLBackend:
     def _params(self, dbname: str) -> dict[str, Any]:
         known = {o.keyword.decode() for o in psycopg.pq.Conninfo.get_defaults()}
         params: dict[str, Any] = {k: v for k, v in self.url.query if k in known}
-        params.update(host=self.url.host, port=self.url.port, user=self.url.username,
-                      password=self.url.password, dbname=dbname, connect_timeout=10,
-                      application_name=self.application_name)
+        params.update(
+            host=self.url.host,
+            port=self.url.port,
+            user=self.url.username,
+            password=self.url.password,
+            dbname=dbname,
+            connect_timeout=10,
+            application_name=self.application_name,
+        )
         return {k: v for k, v in params.items() if v is not None}
 
     def _unavailable(self, exc: Exception, url: DatabaseURL | None = None) -> BackendUnavailableError:
@@ -107,9 +115,10 @@ class PostgreSQLBackend:
             except psycopg.OperationalError as exc:
                 first = first or exc
                 continue
-            if dbname == "template1" and conn.execute(
-                "SELECT 1 FROM pg_database WHERE datname = 'postgres'"
-            ).fetchone():
+            if (
+                dbname == "template1"
+                and conn.execute("SELECT 1 FROM pg_database WHERE datname = 'postgres'").fetchone()
+            ):
                 conn.close()  # postgres exists: the first failure was not "no such database"
                 break
             self._maintenance_db = dbname
@@ -165,8 +174,7 @@ class PostgreSQLBackend:
         return f"ALTER ROLE {self._exec('SELECT quote_ident(current_user)')[0][0]} CREATEDB"
 
     def preflight(self) -> None:
-        rows = self._exec("SELECT current_user, rolcreatedb OR rolsuper FROM pg_roles "
-                          "WHERE rolname = current_user")
+        rows = self._exec("SELECT current_user, rolcreatedb OR rolsuper FROM pg_roles WHERE rolname = current_user")
         if not rows or not rows[0][1]:
             raise PrivilegeError(
                 f"concurrent-db: PostgreSQL user {rows[0][0] if rows else self.url.username!r} at "
@@ -177,12 +185,15 @@ class PostgreSQLBackend:
     # -- databases ----------------------------------------------------------------
     def _check_name(self, name: str) -> None:
         if not name or "\x00" in name or len(name.encode()) > self.max_name_length:
-            raise ConcurrentDBError(f"concurrent-db: invalid PostgreSQL database name {name!r}: it must "
-                                    f"be 1 to {self.max_name_length} bytes (longer ones are truncated)")
+            raise ConcurrentDBError(
+                f"concurrent-db: invalid PostgreSQL database name {name!r}: it must "
+                f"be 1 to {self.max_name_length} bytes (longer ones are truncated)"
+            )
 
     def _row(self, name: str) -> tuple[Any, ...] | None:
-        rows = self._exec("SELECT datistemplate, shobj_description(oid, 'pg_database') "
-                          "FROM pg_database WHERE datname = %s", (name,))
+        rows = self._exec(
+            "SELECT datistemplate, shobj_description(oid, 'pg_database') FROM pg_database WHERE datname = %s", (name,)
+        )
         return rows[0] if rows else None
 
     def get_marker(self, name: str) -> Marker | None:
@@ -194,10 +205,11 @@ class PostgreSQLBackend:
 
     def list_databases(self, prefix: str) -> list[DatabaseInfo]:
         pattern = prefix.replace("\\", "\\\\").replace("%", "\\%").replace("_", "\\_") + "%"
-        size = ("CASE WHEN has_database_privilege(d.oid, 'CONNECT') "
-                "THEN pg_database_size(d.oid) END")
-        query = ("SELECT d.datname, shobj_description(d.oid, 'pg_database'), {} FROM pg_database d "
-                 "WHERE d.datname LIKE %s ESCAPE '\\' ORDER BY d.datname")
+        size = "CASE WHEN has_database_privilege(d.oid, 'CONNECT') THEN pg_database_size(d.oid) END"
+        query = (
+            "SELECT d.datname, shobj_description(d.oid, 'pg_database'), {} FROM pg_database d "
+            "WHERE d.datname LIKE %s ESCAPE '\\' ORDER BY d.datname"
+        )
         try:
             rows = self._exec(sql.SQL(query).format(sql.SQL(size)), (pattern,))
         except psycopg.DatabaseError:  # a size we may not read, or a database dropped meanwhile
@@ -205,8 +217,7 @@ class PostgreSQLBackend:
         return [DatabaseInfo(n, Marker.decode(c), s) for n, c, s in rows]
 
     def _comment(self, name: str, marker: Marker) -> None:
-        self._exec(sql.SQL("COMMENT ON DATABASE {} IS {}").format(
-            sql.Identifier(name), sql.Literal(marker.encode())))
+        self._exec(sql.SQL("COMMENT ON DATABASE {} IS {}").format(sql.Identifier(name), sql.Literal(marker.encode())))
 
     def _create(self, query: sql.Composed, name: str, source: str, what: str) -> None:
         """Run CREATE DATABASE ``query``, retrying while ``source`` is in use."""
@@ -225,14 +236,16 @@ class PostgreSQLBackend:
                 time.sleep(delay)
                 delay = min(delay * 2, 1.0)
             except (errors.DuplicateDatabase, errors.UniqueViolation):
-                raise ConcurrentDBError(
-                    f"concurrent-db: cannot {what}: database {name!r} already exists") from None
+                raise ConcurrentDBError(f"concurrent-db: cannot {what}: database {name!r} already exists") from None
             except errors.InsufficientPrivilege as exc:
-                raise PrivilegeError(f"concurrent-db: cannot {what}: {_reason(exc)}; run "
-                                     f"{self._grant_fix()} as a superuser, or {_FIX_URL}") from None
+                raise PrivilegeError(
+                    f"concurrent-db: cannot {what}: {_reason(exc)}; run "
+                    f"{self._grant_fix()} as a superuser, or {_FIX_URL}"
+                ) from None
             except errors.InvalidCatalogName:
-                raise ConcurrentDBError(f"concurrent-db: cannot {what}: database {source!r} does not "
-                                        "exist (pruned by another run?)") from None
+                raise ConcurrentDBError(
+                    f"concurrent-db: cannot {what}: database {source!r} does not exist (pruned by another run?)"
+                ) from None
             except psycopg.Error as exc:  # e.g. an invalid (half-dropped) template
                 raise ConcurrentDBError(f"concurrent-db: cannot {what}: {_reason(exc)}") from exc
             else:
@@ -270,29 +283,38 @@ class PostgreSQLBackend:
     def set_marker(self, name: str, marker: Marker) -> None:
         row = self._row(name)
         if row is None or Marker.decode(row[1]) is None:
-            raise NotOursError(f"concurrent-db: refusing to mark database {name!r}: it "
-                               f"{'does not exist' if row is None else 'carries no pytest-concurrent-db marker'}")
+            raise NotOursError(
+                f"concurrent-db: refusing to mark database {name!r}: it "
+                f"{'does not exist' if row is None else 'carries no pytest-concurrent-db marker'}"
+            )
         self._comment(name, marker)
         if marker.kind == "template" and marker.state == "ready":
-            self._exec(sql.SQL("ALTER DATABASE {} WITH IS_TEMPLATE true ALLOW_CONNECTIONS false")
-                       .format(sql.Identifier(name)))
+            self._exec(
+                sql.SQL("ALTER DATABASE {} WITH IS_TEMPLATE true ALLOW_CONNECTIONS false").format(sql.Identifier(name))
+            )
 
     def clone(self, template: str, name: str, marker: Marker) -> None:
         self._check_name(name)
-        query = sql.SQL("CREATE DATABASE {} TEMPLATE {}").format(
-            sql.Identifier(name), sql.Identifier(template))
+        query = sql.SQL("CREATE DATABASE {} TEMPLATE {}").format(sql.Identifier(name), sql.Identifier(template))
         if self.strategy and self._major() >= 15:
             query += sql.SQL(" STRATEGY {}").format(sql.Literal(self.strategy.upper()))
-        settings = self._exec("SELECT unnest(s.setconfig) FROM pg_db_role_setting s "
-                              "JOIN pg_database d ON d.oid = s.setdatabase "
-                              "WHERE d.datname = %s AND s.setrole = 0", (template,))
+        settings = self._exec(
+            "SELECT unnest(s.setconfig) FROM pg_db_role_setting s "
+            "JOIN pg_database d ON d.oid = s.setdatabase "
+            "WHERE d.datname = %s AND s.setrole = 0",
+            (template,),
+        )
         steps: list[sql.Composed] = []
         for (entry,) in settings:
             key, _, value = entry.partition("=")
             values = _split_list(value) if key.lower() in _LIST_QUOTE else [value]
-            steps.append(sql.SQL("ALTER DATABASE {} SET {} = {}").format(
-                sql.Identifier(name), sql.Identifier(*key.split(".")),
-                sql.SQL(", ").join(sql.Literal(v) for v in values)))
+            steps.append(
+                sql.SQL("ALTER DATABASE {} SET {} = {}").format(
+                    sql.Identifier(name),
+                    sql.Identifier(*key.split(".")),
+                    sql.SQL(", ").join(sql.Literal(v) for v in values),
+                )
+            )
         what = f"clone template {template!r} into {name!r}"
         self._create(query, name, template, what)
         self._finish(name, steps, marker, what)
@@ -305,8 +327,10 @@ class PostgreSQLBackend:
         self._exec(sql.SQL("ALTER DATABASE {} ALLOW_CONNECTIONS false").format(ident))
         deadline = time.monotonic() + self.in_use_timeout
         while True:
-            self._exec("SELECT pg_terminate_backend(pid) FROM pg_stat_activity "
-                       "WHERE datname = %s AND pid <> pg_backend_pid()", (name,))
+            self._exec(
+                "SELECT pg_terminate_backend(pid) FROM pg_stat_activity WHERE datname = %s AND pid <> pg_backend_pid()",
+                (name,),
+            )
             try:
                 self._exec(sql.SQL("DROP DATABASE IF EXISTS {}").format(ident))
             except errors.ObjectInUse:
@@ -321,12 +345,16 @@ class PostgreSQLBackend:
         if row is None:
             return
         if name == self.url.database:  # belt and braces: the user's database is never ours
-            raise NotOursError(f"concurrent-db: refusing to drop {name!r}: it is the database of "
-                               "--concurrent-db-url, which is never dropped")
+            raise NotOursError(
+                f"concurrent-db: refusing to drop {name!r}: it is the database of "
+                "--concurrent-db-url, which is never dropped"
+            )
         if Marker.decode(row[1]) is None:
-            raise NotOursError(f"concurrent-db: refusing to drop database {name!r}: it carries no "
-                               "pytest-concurrent-db marker (COMMENT ON DATABASE), so we did not "
-                               "create it; drop it yourself if it is a leftover")
+            raise NotOursError(
+                f"concurrent-db: refusing to drop database {name!r}: it carries no "
+                "pytest-concurrent-db marker (COMMENT ON DATABASE), so we did not "
+                "create it; drop it yourself if it is a leftover"
+            )
         try:
             if row[0]:
                 self._exec(sql.SQL("ALTER DATABASE {} WITH IS_TEMPLATE false").format(sql.Identifier(name)))
@@ -353,12 +381,15 @@ class PostgreSQLBackend:
             return
         statements = split_sql(text, "postgresql")
         position = error.diag.statement_position if isinstance(error, psycopg.DatabaseError) else None
-        failed = (self._at(text, statements, int(position) - 1) if position
-                  else self._replay(conn, statements))
+        failed = self._at(text, statements, int(position) - 1) if position else self._replay(conn, statements)
         reason = _reason(error)
         where = f"{source}:{failed.line}: {failed.snippet()}" if failed else source
-        raise ScriptError(f"concurrent-db: {where}: {reason}", source,
-                          failed.line if failed else 0, failed.snippet() if failed else "")
+        raise ScriptError(
+            f"concurrent-db: {where}: {reason}",
+            source,
+            failed.line if failed else 0,
+            failed.snippet() if failed else "",
+        )
 
     @staticmethod
     def _at(text: str, statements: list[Statement], offset: int) -> Statement | None:
@@ -406,11 +437,16 @@ class PostgreSQLBackend:
         return self._sessions(name, exclude=int(connection.info.backend_pid))
 
     def _sessions(self, name: str, exclude: int = 0) -> list[str]:
-        rows = self._exec("SELECT pid, application_name, client_addr, state FROM pg_stat_activity "
-                          "WHERE datname = %s AND pid <> %s AND backend_type = 'client backend' "
-                          "ORDER BY pid", (name, exclude))
-        return [f"pid {pid} (application_name {app!r}, client {addr or '-'}, state {state or '-'})"
-                for pid, app, addr, state in rows]
+        rows = self._exec(
+            "SELECT pid, application_name, client_addr, state FROM pg_stat_activity "
+            "WHERE datname = %s AND pid <> %s AND backend_type = 'client backend' "
+            "ORDER BY pid",
+            (name, exclude),
+        )
+        return [
+            f"pid {pid} (application_name {app!r}, client {addr or '-'}, state {state or '-'})"
+            for pid, app, addr, state in rows
+        ]
 
     def row_counts(self, connection: Any) -> dict[str, int]:
         """One query on ``connection``; a transaction it had to open is rolled back."""
@@ -425,7 +461,8 @@ class PostgreSQLBackend:
                 "WHERE c.relkind IN ('r', 'p') AND c.relpersistence <> 't' "
                 "AND n.nspname NOT IN ('pg_catalog', 'information_schema') "
                 "AND n.nspname NOT LIKE 'pg\\_toast%%' AND has_table_privilege(c.oid, 'SELECT') "
-                "ORDER BY 1, 2", ()
+                "ORDER BY 1, 2",
+                (),
             )
             return {f"{schema}.{table}": int(count) for schema, table, count in cur.fetchall()}
         finally:
@@ -463,12 +500,15 @@ class PostgreSQLBackend:
             "JOIN pg_stat_activity a ON a.pid = l.pid WHERE l.locktype = 'advisory' AND l.granted "
             "AND l.classid::bigint = %s AND l.objid::bigint = %s AND l.objsubid = 1 "
             "AND l.database = (SELECT oid FROM pg_database WHERE datname = current_database())",
-            (unsigned >> 32, unsigned & 0xFFFFFFFF))
+            (unsigned >> 32, unsigned & 0xFFFFFFFF),
+        )
         if not rows:
             return "another session (released just now?)"
-        return ", ".join(f"pid {pid} (application_name {app!r}, client {addr or '-'}, "
-                         f"backend_start {start.isoformat(' ', 'seconds') if start else '-'})"
-                         for pid, app, addr, start in rows)
+        return ", ".join(
+            f"pid {pid} (application_name {app!r}, client {addr or '-'}, "
+            f"backend_start {start.isoformat(' ', 'seconds') if start else '-'})"
+            for pid, app, addr, start in rows
+        )
 
     def release_lock(self, key: str) -> None:
         if key in self._held:

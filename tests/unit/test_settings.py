@@ -59,6 +59,13 @@ NAMES = [
         "concurrent_db_keep_templates",
         "CONCURRENT_DB_KEEP_TEMPLATES",
     ),
+    (
+        "clone_strategy",
+        "choice",
+        "--concurrent-db-clone-strategy",
+        "concurrent_db_clone_strategy",
+        "CONCURRENT_DB_CLONE_STRATEGY",
+    ),
     ("isolation", "choice", "--concurrent-db-isolation", "concurrent_db_isolation", "CONCURRENT_DB_ISOLATION"),
 ]
 
@@ -108,6 +115,7 @@ def test_resolve_reads_the_literal_names() -> None:
         "rebuild": "ini concurrent_db_rebuild",
         "lock_timeout": "env CONCURRENT_DB_LOCK_TIMEOUT",
         "keep_templates": "ini concurrent_db_keep_templates",
+        "clone_strategy": "default",
         "isolation": "ini concurrent_db_isolation",
     }
 
@@ -135,6 +143,7 @@ PRECEDENCE = {
     ),
     "lock_timeout": (("1.5", "2.5", "3.5"), (1.5, 2.5, 3.5, 300.0)),
     "keep_templates": (("5", "0", "3"), (5, 0, 3, 2)),
+    "clone_strategy": (("wal_log", "file_copy", "auto"), ("wal_log", "file_copy", "auto", "auto")),
     "isolation": (("strict", "off", "warn"), ("strict", "off", "warn", "default")),
 }
 
