@@ -109,7 +109,10 @@ class Backend(Protocol):
         ...
 
     def create(self, name: str, marker: Marker) -> None:
-        """Create an empty database ``name`` and record ``marker`` on it."""
+        """Create an empty database ``name`` and record ``marker`` on it.
+
+        Fails (with the driver's error) if ``name`` already exists; the engine drops
+        stale ones first."""
         ...
 
     def set_marker(self, name: str, marker: Marker) -> None:
@@ -176,7 +179,11 @@ class Backend(Protocol):
         ...
 
     def try_lock(self, key: str) -> bool:
-        """Take lock ``key`` if free; True if now held by us."""
+        """Take lock ``key`` if free; True if now held by us.
+
+        A key this backend already holds returns True without being counted twice, so
+        one :meth:`release_lock` frees it.  A lock whose holder's connection closed is
+        free once the server has handled the disconnect (usually milliseconds later)."""
         ...
 
     def release_lock(self, key: str) -> None: ...
