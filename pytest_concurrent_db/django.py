@@ -36,7 +36,7 @@ import pytest
 
 from .engine import Engine, Populator
 from .errors import ConcurrentDBError
-from .fixtures import ConcurrentDBIsolationWarning
+from .fixtures import report_isolation
 from .isolation import IsolationChecker
 from .state import PluginState, get_state
 from .url import DatabaseURL, parse_url
@@ -111,11 +111,7 @@ def django_db_setup(  # noqa: PLR0917 (fixture arguments)
     yield
     with django_db_blocker.unblock():
         errors, warns = integration.teardown()
-    where = f"Django databases of worker {integration.state.worker_id}"
-    for message in warns:
-        warnings.warn(ConcurrentDBIsolationWarning(f"concurrent-db isolation: {where}: {message}"), stacklevel=1)
-    if errors:
-        pytest.fail(f"concurrent-db isolation check failed for {where}: {'; '.join(errors)}", pytrace=False)
+    report_isolation(f"Django databases of worker {integration.state.worker_id}", errors, warns)
 
 
 class DjangoIntegration:

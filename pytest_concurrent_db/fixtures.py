@@ -99,9 +99,14 @@ def concurrent_db_connection(
     holder = _concurrent_db_worker_connection
     yield holder.connection
     errors, warns = holder.check()
-    where = f"{request.node.nodeid} on worker {holder.worker_id}"
+    report_isolation(f"{request.node.nodeid} on worker {holder.worker_id}", errors, warns)
+
+
+def report_isolation(where: str, errors: list[str], warns: list[str]) -> None:
+    """Turn isolation findings into warnings and a (traceback-free) failure."""
+    __tracebackhide__ = True
     for message in warns:
-        warnings.warn(ConcurrentDBIsolationWarning(f"concurrent-db isolation: {where}: {message}"), stacklevel=1)
+        warnings.warn(ConcurrentDBIsolationWarning(f"concurrent-db isolation: {where}: {message}"), stacklevel=2)
     if errors:
         pytest.fail(f"concurrent-db isolation check failed for {where}: {'; '.join(errors)}", pytrace=False)
 
