@@ -28,7 +28,7 @@ State = Literal["building", "ready", "kept"]
 @dataclass(frozen=True)
 class Marker:
     """What we record on every database we create (PostgreSQL: ``COMMENT ON DATABASE``;
-    MySQL: a row in the ``cdb__registry`` database; SQLite: the file's location and a
+    MySQL: a row in the ``pytest_concurrent_db_registry`` database; SQLite: the file's location and a
     sidecar file for templates)."""
 
     kind: Kind

@@ -1,6 +1,6 @@
 """MySQL and MariaDB through PyMySQL.
 
-* Markers live in the registry database ``cdb__registry`` (one row per database we
+* Markers live in the registry database ``pytest_concurrent_db_registry`` (one row per database we
   created); nothing is added to the user's schemas.  A row is written before its
   database is created and deleted after it is dropped, so a crash leaves at worst a
   row without a database, never a database nobody claims.
@@ -9,6 +9,12 @@
 * Locks are ``GET_LOCK`` on the control connection, which never selects a default
   database: ``drop`` kills the sessions using a database, and must never hit it.
   A key already held is not taken twice (one release frees it), as on PostgreSQL.
+* When the server ends the control connection (``KILL CONNECTION``, a restart,
+  ``wait_timeout``, the network), the next statement notices, opens a new one, takes
+  the locks the old one held again and runs once more: ``drop``, ``list_databases``
+  and the markers go on working.  A lock another session took in the meantime is
+  *lost*: ``release_lock`` of it raises a :class:`ConcurrentDBError` naming the lock
+  and its new holder, after the work it guarded (e.g. the drop) was done anyway.
 
 Limits (tested on MariaDB 10.11 only; MySQL 8 paths are written from its documentation):
 
@@ -50,7 +56,7 @@ from .mysql_recipe import capture_recipe, quote_ident, replay_recipe
 __all__ = ["REGISTRY", "MySQLBackend", "quote_ident"]
 
 #: The database holding one row per database we created.
-REGISTRY = "cdb__registry"
+REGISTRY = "pytest_concurrent_db_registry"
 _REGISTRY_TABLE = quote_ident(REGISTRY) + "." + quote_ident("databases")
 
 _URL_FIX = "fix --concurrent-db-url (ini concurrent_db_url, env CONCURRENT_DB_URL)"
@@ -77,11 +83,26 @@ ER_LOCK_WAIT_TIMEOUT = 1205
 ER_SPECIFIC_ACCESS_DENIED = 1227
 ER_ACCESS_DENIED_NO_PASSWORD = 1698
 ER_USER_LOCK_DEADLOCK = 3058
+ER_CONNECTION_KILLED = 1927  # MariaDB: "Connection was killed"
+ER_CLIENT_INTERACTION_TIMEOUT = 4031  # MySQL 8.0.24+: closed after wait_timeout
+CR_SERVER_GONE = 2006
+CR_SERVER_LOST = 2013
+CR_SERVER_LOST_EXTENDED = 2055
+_CONNECTION_LOST = (
+    ER_CONNECTION_KILLED,
+    ER_CLIENT_INTERACTION_TIMEOUT,
+    CR_SERVER_GONE,
+    CR_SERVER_LOST,
+    CR_SERVER_LOST_EXTENDED,
+)
 _AUTH_ERRORS = (ER_DBACCESS_DENIED, ER_ACCESS_DENIED, ER_ACCESS_DENIED_NO_PASSWORD)
 _PRIVILEGE_ERRORS = (ER_DBACCESS_DENIED, ER_TABLEACCESS_DENIED, ER_SPECIFIC_ACCESS_DENIED)
 
 _DROP_DEADLINE = 60.0
 _DROP_LOCK_WAIT = 2  # seconds a DROP waits for metadata locks before we look for holders
+#: How long a new control connection waits for the server to end the lost one, which holds
+#: our locks until its thread exits (seconds).
+_OLD_SESSION_WAIT = 5.0
 
 
 def _errno(exc: BaseException) -> int | None:
@@ -113,6 +134,8 @@ class MySQLBackend:
         self._registry_ready = False
         self._version: str | None = None
         self._held: set[str] = set()
+        #: locks the control connection held when the server ended it, that we could not take again
+        self._lost: set[str] = set()
         self._recipes: dict[str, tuple[str, dict[str, Any]]] = {}
         # per user connection: its row-write, commit and rollback counters at the last
         # in_transaction probe, and the answer given then
@@ -157,31 +180,81 @@ class MySQLBackend:
         return f"concurrent-db: cannot connect to MySQL at {self.url.render()}: {reason}; {fix}"
 
     def _control(self) -> Any:
-        if self._conn is not None and not self._conn.open and self._held:
-            lost, self._held = sorted(self._held), set()
-            self._conn = None
-            raise ConcurrentDBError(
-                f"concurrent-db: lost the connection to MySQL at {self.url}; the locks "
-                f"{', '.join(lost)} it held are released; check the server"
-            )
         if self._conn is None or not self._conn.open:
-            from pymysql.constants import CLIENT
+            self._reconnect()
+        return self._conn
 
-            self._conn = self._open(
+    def _reconnect(self) -> None:
+        """Open the control connection; after a lost one, take its locks again."""
+        from pymysql.constants import CLIENT
+
+        held, self._held = sorted(self._held), set()
+        old, self._conn = self._conn, None
+        old_id = 0
+        if old is not None:
+            with contextlib.suppress(Exception):  # already broken
+                old_id = int(old.thread_id())
+                old.close()
+        try:
+            conn = self._open(
                 client_flag=CLIENT.FOUND_ROWS,
                 init_command="SET SESSION sql_mode = 'STRICT_ALL_TABLES,NO_ENGINE_SUBSTITUTION'",
             )
-        return self._conn
+            if held and old_id:  # its server thread releases our locks when it exits
+                deadline = time.monotonic() + _OLD_SESSION_WAIT
+                with conn.cursor() as cur:
+                    query = "SELECT 1 FROM information_schema.PROCESSLIST WHERE ID = %s"
+                    while cur.execute(query, (old_id,)) and time.monotonic() < deadline:
+                        time.sleep(0.05)
+        except BaseException:
+            self._lost.update(held)
+            raise
+        self._conn = conn
+        for done, key in enumerate(held):
+            try:
+                with conn.cursor() as cur:
+                    cur.execute("SELECT GET_LOCK(%s, 0)", (self._lock_name(key),))
+                    row = cur.fetchone()
+            except BaseException:
+                self._lost.update(held[done:])
+                raise
+            if row and row[0] == 1:
+                self._held.add(key)
+            else:
+                self._lost.add(key)  # someone took it while we were away: reported by release_lock
 
-    def _query(self, sql: str, args: Any = None) -> list[tuple[Any, ...]]:
+    def _gone(self, exc: BaseException, conn: Any) -> bool:
+        """True if ``exc`` means the server ended ``conn`` (then it is closed here too)."""
+        import pymysql
+
+        if not isinstance(exc, (pymysql.err.OperationalError, pymysql.err.InterfaceError)):
+            return False
+        if conn.open and _errno(exc) not in _CONNECTION_LOST:
+            return False
+        with contextlib.suppress(Exception):
+            conn.close()  # so that the next statement opens a new one
+        return True
+
+    def _run(self, sql: str, args: Any, retry: bool) -> tuple[int, list[tuple[Any, ...]]]:
+        """Run ``sql`` on the control connection; if the server ended that connection, run it
+        once more on a new one (``retry``: only for statements that may run twice)."""
+        for attempt in (1, 2):
+            conn = self._control()
+            try:
+                with conn.cursor() as cur:
+                    count = int(cur.execute(sql, args))
+                    return count, list(cur.fetchall())
+            except Exception as exc:
+                if attempt == 2 or not retry or not self._gone(exc, conn):
+                    raise
+        raise AssertionError("unreachable")  # pragma: no cover
+
+    def _query(self, sql: str, args: Any = None, *, retry: bool = True) -> list[tuple[Any, ...]]:
         """Run ``sql`` on the control connection; its rows (``rowcount`` for writes is lost)."""
-        with self._control().cursor() as cur:
-            cur.execute(sql, args)
-            return list(cur.fetchall())
+        return self._run(sql, args, retry)[1]
 
-    def _execute(self, sql: str, args: Any = None) -> int:
-        with self._control().cursor() as cur:
-            return int(cur.execute(sql, args))
+    def _execute(self, sql: str, args: Any = None, *, retry: bool = True) -> int:
+        return self._run(sql, args, retry)[0]
 
     def server_version(self) -> str:
         if self._version is None:
@@ -295,7 +368,7 @@ class MySQLBackend:
     def create(self, name: str, marker: Marker) -> None:
         claimed = self._claim(name, marker)
         try:
-            self._execute("CREATE DATABASE " + quote_ident(name))
+            self._create_database("CREATE DATABASE " + quote_ident(name), name)
         except BaseException:
             if claimed:
                 self._unclaim(name, marker)
@@ -347,13 +420,14 @@ class MySQLBackend:
         recipe = self._recipe(template)
         claimed = self._claim(name, marker)
         try:
-            self._execute(
+            self._create_database(
                 "CREATE DATABASE "
                 + quote_ident(name)
                 + " CHARACTER SET "
                 + quote_ident(recipe["charset"])
                 + " COLLATE "
-                + quote_ident(recipe["collation"])
+                + quote_ident(recipe["collation"]),
+                name,
             )
         except BaseException:
             if claimed:
@@ -370,6 +444,19 @@ class MySQLBackend:
                 if add_note is not None:
                     add_note(f"concurrent-db: the half-made clone {name!r} could not be removed: {cleanup}")
             raise
+
+    def _create_database(self, statement: str, name: str) -> None:
+        """Run CREATE DATABASE ``statement``; if the server ended the control connection
+        meanwhile, done if ``name`` is there (its registry row, written before, claims it),
+        else once more."""
+        conn = self._control()
+        try:
+            self._execute(statement, retry=False)
+        except Exception as exc:
+            if not self._gone(exc, conn):
+                raise
+            if not self.exists(name):
+                self._execute(statement, retry=False)
 
     def _replay(self, recipe: dict[str, Any], name: str) -> None:
         from pymysql.constants import CLIENT
@@ -405,13 +492,17 @@ class MySQLBackend:
     def _drop_database(self, name: str) -> None:
         """Kill every other session on ``name`` and drop it, not waiting on a lock forever."""
         deadline = time.monotonic() + _DROP_DEADLINE
-        self._execute("SET SESSION lock_wait_timeout = %s", (_DROP_LOCK_WAIT,))
         try:
             while True:
+                # again each time: a control connection opened after a lost one starts with the default
+                self._execute("SET SESSION lock_wait_timeout = %s", (_DROP_LOCK_WAIT,))
                 self._kill(self._sessions_on(name))
+                conn = self._control()
                 try:
-                    self._execute("DROP DATABASE IF EXISTS " + quote_ident(name))
+                    self._execute("DROP DATABASE IF EXISTS " + quote_ident(name), retry=False)
                 except Exception as exc:
+                    if self._gone(exc, conn) and time.monotonic() <= deadline:
+                        continue  # the server ended the control connection: again on a new one
                     if _errno(exc) != ER_LOCK_WAIT_TIMEOUT:
                         raise
                     holders = self._lock_holders(name)
@@ -590,6 +681,7 @@ class MySQLBackend:
         conn = self._control()
         if key in self._held:
             return True  # GET_LOCK nests; one release must free it, so take it once
+        self._lost.discard(key)
         # MySQL rounds the timeout to whole seconds; MariaDB takes fractions.
         wait: float = max(timeout, 0.0)  # a negative timeout would wait forever
         if not self._is_mariadb(conn):
@@ -631,14 +723,33 @@ class MySQLBackend:
         return f"MySQL connection {session} ({user}@{host}, {command} for {seconds}s)"
 
     def release_lock(self, key: str) -> None:
+        """Release ``key``; raise ConcurrentDBError if it was lost with the control connection."""
+        if key in self._lost:
+            self._lost.discard(key)
+            holder = "another session"
+            with contextlib.suppress(Exception):  # only to name it
+                holder = self._holder(key)
+            raise ConcurrentDBError(
+                f"concurrent-db: lost the MySQL lock {key!r} (GET_LOCK {self._lock_name(key)!r}): the server "
+                f"ended our control connection to {self.url} (KILL, a restart, wait_timeout or the network) "
+                f"and {holder} took the lock before we could take it again; what it guarded may have been "
+                "dropped by that session (our cleanup went on)"
+            )
         if key not in self._held:
             return
         self._held.discard(key)
-        if self._conn is not None and self._conn.open:
-            self._query("SELECT RELEASE_LOCK(%s)", (self._lock_name(key),))
+        conn = self._conn
+        if conn is not None and conn.open:
+            try:
+                self._query("SELECT RELEASE_LOCK(%s)", (self._lock_name(key),), retry=False)
+            except Exception as exc:
+                if not self._gone(exc, conn):
+                    raise
+                # the connection ended, and the lock with it
 
     def close(self) -> None:
         self._held.clear()
+        self._lost.clear()
         conn, self._conn = self._conn, None
         self._registry_ready = False
         if conn is not None:

@@ -5,6 +5,13 @@ The control connection (autocommit) lives in the maintenance database (URL optio
 database nor in one of our templates: any session on a template makes
 ``CREATE DATABASE ... TEMPLATE`` wait and fail.  Session-level advisory locks are
 held on it, so every process sharing a server must use the same maintenance database.
+
+When the server ends the control session (``pg_terminate_backend``, a restart, the
+network), the next statement notices, opens a new control connection, takes the
+locks the old session held again and runs once more: ``drop``, ``list_databases``
+and the markers go on working.  A lock another session took in the meantime is
+*lost*: ``release_lock`` of it raises a :class:`ConcurrentDBError` naming the lock
+and its new holder, after the work it guarded (e.g. the drop) was done anyway.
 """
 
 from __future__ import annotations
@@ -39,6 +46,9 @@ _STRATEGIES = ("wal_log", "file_copy")
 _LIST_QUOTE = frozenset({"search_path", "temp_tablespaces", "local_preload_libraries", "session_preload_libraries"})
 _LIST_ITEM = re.compile(r'"(?:[^"]|"")*"|[^,\s"]+')
 _IDLE, _INTRANS = 0, 2  # TransactionStatus in psycopg 3 and psycopg2 alike
+#: How long a new control session waits for the server to end the lost one, which holds
+#: our locks until its process exits (seconds).
+_OLD_SESSION_WAIT = 5.0
 
 
 def _one_line(text: str) -> str:
@@ -80,6 +90,8 @@ class PostgreSQLBackend:
         self._conn: psycopg.Connection[Any] | None = None
         self._maintenance_db = ""
         self._held: set[str] = set()
+        #: locks the control session held when the server ended it, that we could not take again
+        self._lost: set[str] = set()
 
     # -- connections ------------------------------------------------------------
     def _params(self, dbname: str) -> dict[str, Any]:
@@ -127,18 +139,52 @@ class PostgreSQLBackend:
         raise self._unavailable(first) from None
 
     def _control(self) -> psycopg.Connection[Any]:
-        if self._conn is not None and self._conn.closed and self._held:
-            lost, self._held = sorted(self._held), set()
-            self._conn = None
-            raise ConcurrentDBError(
-                f"concurrent-db: lost the connection to PostgreSQL at {self.url}; the locks "
-                f"{', '.join(lost)} it held are released; check the server"
-            )
         if self._conn is None or self._conn.closed:
-            self._conn = self._open_control()
+            self._reconnect()
+        assert self._conn is not None
         return self._conn
 
-    def _exec(self, query: str | sql.Composed, params: Any = None) -> list[tuple[Any, ...]]:
+    def _reconnect(self) -> None:
+        """Open the control connection; after a lost one, take its locks again."""
+        held, self._held = sorted(self._held), set()
+        old, self._conn = self._conn, None
+        old_pid = 0
+        if old is not None:
+            with contextlib.suppress(psycopg.Error):
+                old_pid = old.pgconn.backend_pid
+                old.close()
+        try:
+            conn = self._open_control()
+            if held and old_pid:  # its server process releases our locks when it exits
+                deadline = time.monotonic() + _OLD_SESSION_WAIT
+                query = "SELECT 1 FROM pg_stat_activity WHERE pid = %s"
+                while conn.execute(query, (old_pid,)).fetchone() and time.monotonic() < deadline:
+                    time.sleep(0.05)
+        except BaseException:
+            self._lost.update(held)
+            raise
+        self._conn = conn
+        for done, key in enumerate(held):
+            try:
+                row = conn.execute("SELECT pg_try_advisory_lock(%s)", (lock_key(key),)).fetchone()
+            except BaseException:
+                self._lost.update(held[done:])
+                raise
+            if row and row[0]:
+                self._held.add(key)
+            else:
+                self._lost.add(key)  # someone took it while we were away: reported by release_lock
+
+    def _exec(self, query: str | sql.Composed, params: Any = None, *, retry: bool = True) -> list[tuple[Any, ...]]:
+        """Run ``query`` on the control connection; if the server ended that session, run it
+        once more on a new one (``retry``: only for statements that may run twice)."""
+        conn = self._control()
+        try:
+            cur = conn.execute(query, params)
+            return cur.fetchall() if cur.description else []
+        except psycopg.OperationalError:
+            if not retry or not conn.closed:
+                raise
         cur = self._control().execute(query, params)
         return cur.fetchall() if cur.description else []
 
@@ -164,6 +210,7 @@ class PostgreSQLBackend:
                     conn.execute("SELECT pg_advisory_unlock_all()")
             conn.close()
         self._held.clear()
+        self._lost.clear()
 
     # -- server -------------------------------------------------------------------
     def server_version(self) -> str:
@@ -223,9 +270,11 @@ class PostgreSQLBackend:
         """Run CREATE DATABASE ``query``, retrying while ``source`` is in use."""
         deadline = time.monotonic() + self.in_use_timeout
         delay = 0.05
+        lost_once = False
         while True:
+            conn = self._control()
             try:
-                self._exec(query)
+                self._exec(query, retry=False)  # not blindly twice: it may be done when the session ends
             except errors.ObjectInUse:
                 if time.monotonic() + delay >= deadline:
                     raise ConcurrentDBError(
@@ -247,7 +296,13 @@ class PostgreSQLBackend:
                     f"concurrent-db: cannot {what}: database {source!r} does not exist (pruned by another run?)"
                 ) from None
             except psycopg.Error as exc:  # e.g. an invalid (half-dropped) template
-                raise ConcurrentDBError(f"concurrent-db: cannot {what}: {_reason(exc)}") from exc
+                if not conn.closed or lost_once:
+                    raise ConcurrentDBError(f"concurrent-db: cannot {what}: {_reason(exc)}") from exc
+                # the server ended the control session: done if the database is there (the name is
+                # ours alone: unique to this run and process, guarded by its lock), else once more
+                lost_once = True
+                if self.exists(name):
+                    return
             else:
                 return
 
@@ -475,6 +530,7 @@ class PostgreSQLBackend:
         """Take lock ``key`` if free; a key we hold already returns True (not counted)."""
         if key in self._held:
             return True
+        self._lost.discard(key)
         rows = self._exec("SELECT pg_try_advisory_lock(%s)", (lock_key(key),))
         if rows[0][0]:
             self._held.add(key)
@@ -511,7 +567,25 @@ class PostgreSQLBackend:
         )
 
     def release_lock(self, key: str) -> None:
+        """Release ``key``; raise ConcurrentDBError if it was lost with the control session."""
+        if key in self._lost:
+            self._lost.discard(key)
+            holder = "another session"
+            with contextlib.suppress(psycopg.Error, ConcurrentDBError):
+                holder = self._holder(key)
+            raise ConcurrentDBError(
+                f"concurrent-db: lost the PostgreSQL advisory lock {key!r}: the server ended our control "
+                f"session at {self.url} (pg_terminate_backend, a restart or the network) and {holder} "
+                "took the lock before we could take it again; what it guarded may have been dropped by "
+                "that session (our cleanup went on)"
+            )
         if key in self._held:
             self._held.discard(key)
-            if self._conn is not None and not self._conn.closed:
-                self._exec("SELECT pg_advisory_unlock(%s)", (lock_key(key),))
+            conn = self._conn
+            if conn is not None and not conn.closed:
+                try:
+                    conn.execute("SELECT pg_advisory_unlock(%s)", (lock_key(key),))
+                except psycopg.OperationalError:
+                    if not conn.closed:
+                        raise
+                    # the session ended, and the lock with it

@@ -169,7 +169,7 @@ def test_isolation_check_catches_a_tampered_clone(project: Project) -> None:
                         sql.Identifier(concurrent_db.name), sql.Literal(fake)))
             else:
                 conn = concurrent_db.connect(autocommit=True)
-                conn.cursor().execute("UPDATE cdb__registry.`databases` SET marker = %s WHERE name = %s",
+                conn.cursor().execute("UPDATE pytest_concurrent_db_registry.`databases` SET marker = %s WHERE name = %s",
                                       (fake, concurrent_db.name))
                 conn.close()
     """
