@@ -152,7 +152,8 @@ class Engine:
         self.keep_templates = keep_templates
         self._inputs: tuple[tuple[Populator, ...], tuple[str, ...]] = ((), ())
         self.base = base or _base_name(url)
-        self.stats = Stats(backend=url.backend, url=str(url))
+        label = str(url) if url.backend != "sqlite" or url.database else "sqlite (default: pytest cache + temp dirs)"
+        self.stats = Stats(backend=url.backend, url=label)
         self.backend: Backend = load_backend(
             url,
             template_dir=template_dir,

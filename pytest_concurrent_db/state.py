@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import hashlib
 import tempfile
 import time
 from collections.abc import Callable
@@ -39,10 +40,13 @@ class PluginState:
 
     # -- directories -------------------------------------------------------------------
     def template_dir(self) -> Path:
+        """SQLite templates: pytest's cache dir, so that they survive between runs; without
+        the cache plugin, a stable per-project directory under the system temp dir."""
         cache = getattr(self.config, "cache", None)
         if cache is not None:
             return Path(cache.mkdir("concurrent_db"))
-        return self._basetemp().parent / "concurrent-db-templates"
+        project = hashlib.sha256(str(self.config.rootpath).encode()).hexdigest()[:12]
+        return server_lock_dir() / "sqlite-templates" / project
 
     def _basetemp(self) -> Path:
         factory = getattr(self.config, "_tmp_path_factory", None)

@@ -194,3 +194,15 @@ def test_isolation_check_catches_a_switch_to_the_template(project: Project) -> N
     result = project.run("-p", "no:xdist", "-p", "no:randomly")
     result.assert_outcomes(passed=2, errors=1)
     result.stdout.fnmatch_lines(["*isolation check failed for*test_switch*is on the template*"])
+
+
+@pytest.mark.parametrize("backend_url", ["sqlite"], indirect=True)
+def test_sqlite_template_reused_without_the_cache_plugin(project: Project) -> None:
+    project.write(tests="def test_one(concurrent_db): pass\n")
+    first = project.run("-n", "2", "-p", "no:cacheprovider")
+    first.assert_outcomes(passed=1)
+    assert "built by" in summary(first)
+    second = project.run("-n", "2", "-p", "no:cacheprovider")
+    second.assert_outcomes(passed=1)
+    assert "reused" in summary(second)
+    project.run("-p", "no:cacheprovider", "--concurrent-db-keep-templates", "0", "--concurrent-db-rebuild")
