@@ -2,7 +2,12 @@
 
 from __future__ import annotations
 
+import hashlib
+import shutil
+
 import pytest
+
+from pytest_concurrent_db.engine import server_lock_dir
 
 from .conftest import Project, summary
 
@@ -205,4 +210,5 @@ def test_sqlite_template_reused_without_the_cache_plugin(project: Project) -> No
     second = project.run("-n", "2", "-p", "no:cacheprovider")
     second.assert_outcomes(passed=1)
     assert "reused" in summary(second)
-    project.run("-p", "no:cacheprovider", "--concurrent-db-keep-templates", "0", "--concurrent-db-rebuild")
+    digest = hashlib.sha256(str(project.pytester.path).encode()).hexdigest()[:12]
+    shutil.rmtree(server_lock_dir() / "sqlite-templates" / digest)
