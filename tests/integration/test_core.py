@@ -174,8 +174,10 @@ def test_isolation_check_catches_a_tampered_clone(project: Project) -> None:
                         sql.Identifier(concurrent_db.name), sql.Literal(fake)))
             else:
                 conn = concurrent_db.connect(autocommit=True)
-                conn.cursor().execute("UPDATE pytest_concurrent_db_registry.`databases` SET marker = %s WHERE name = %s",
-                                      (fake, concurrent_db.name))
+                conn.cursor().execute(
+                    "UPDATE pytest_concurrent_db_registry.`databases` SET marker = %s WHERE name = %s",
+                    (fake, concurrent_db.name),
+                )
                 conn.close()
     """
     project.write(tests=tests)
