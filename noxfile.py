@@ -46,3 +46,10 @@ def lint(session: nox.Session) -> None:
 def typecheck(session: nox.Session) -> None:
     session.install("-e", ".", "mypy", "psycopg[binary]")
     session.run("mypy")
+
+
+@nox.session
+def bench(session: nox.Session) -> None:
+    """The benchmark kit (bench/README.md): `nox -s bench -- --quick`."""
+    _install(session)
+    session.run("python", "bench/run.py", *session.posargs)
