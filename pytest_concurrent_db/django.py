@@ -34,7 +34,7 @@ from typing import Any
 
 import pytest
 
-from .engine import Engine, Populator
+from .engine import Engine, Populator, tune_build_session
 from .errors import ConcurrentDBError
 from .fixtures import report_isolation
 from .isolation import IsolationChecker
@@ -194,6 +194,8 @@ class DjangoIntegration:
             name = str(backend.path(engine.template)) if backend.name == "sqlite" else engine.template
             self._point(alias, name, test_name=False)
             try:
+                connections[alias].ensure_connection()
+                tune_build_session(backend, connections[alias])
                 _migrate(alias, name)
             finally:
                 connections[alias].close()  # the template is sealed next: no session may stay

@@ -233,6 +233,7 @@ class Engine:
         try:
             connection = self.backend.connect(name)
             try:
+                tune_build_session(self.backend, connection)
                 for populator in populators:
                     populator.apply(self.backend, connection)
                 connection.commit()
@@ -493,6 +494,20 @@ class Entry:
     live: bool
     age_seconds: float
     size_bytes: int | None
+
+
+def tune_build_session(backend: Backend, connection: Any) -> None:
+    """Apply the backend's optional ``build_statements()`` (faster, crash-safe settings for
+    the one session that builds a template) on ``connection`` (DB-API or Django)."""
+    statements = getattr(backend, "build_statements", lambda: ())()
+    if not statements:
+        return
+    cursor = connection.cursor()
+    try:
+        for statement in statements:
+            cursor.execute(statement)
+    finally:
+        cursor.close()
 
 
 def _clone_method(backend: Backend) -> str:
