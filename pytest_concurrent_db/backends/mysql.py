@@ -100,8 +100,8 @@ _PRIVILEGE_ERRORS = (ER_DBACCESS_DENIED, ER_TABLEACCESS_DENIED, ER_SPECIFIC_ACCE
 
 _DROP_DEADLINE = 60.0
 _DROP_LOCK_WAIT = 2  # seconds a DROP waits for metadata locks before we look for holders
-#: How long a new control connection waits for the server to end the lost one, which holds
-#: our locks until its thread exits (seconds).
+#: How long a new control connection waits for the lost one's thread to end and free our
+#: locks (seconds).
 _OLD_SESSION_WAIT = 5.0
 
 
@@ -195,33 +195,35 @@ class MySQLBackend:
             with contextlib.suppress(Exception):  # already broken
                 old_id = int(old.thread_id())
                 old.close()
+        pending = held
         try:
             conn = self._open(
                 client_flag=CLIENT.FOUND_ROWS,
                 init_command="SET SESSION sql_mode = 'STRICT_ALL_TABLES,NO_ENGINE_SUBSTITUTION'",
             )
-            if held and old_id:  # its server thread releases our locks when it exits
-                deadline = time.monotonic() + _OLD_SESSION_WAIT
+            self._conn = conn
+            # The old connection's thread releases our locks when it ends, which may take a
+            # moment: take each again as soon as it is free; one another session holds is lost.
+            deadline = time.monotonic() + _OLD_SESSION_WAIT
+            while pending:
+                waiting = []
                 with conn.cursor() as cur:
-                    query = "SELECT 1 FROM information_schema.PROCESSLIST WHERE ID = %s"
-                    while cur.execute(query, (old_id,)) and time.monotonic() < deadline:
-                        time.sleep(0.05)
+                    for key in pending:
+                        name = self._lock_name(key)
+                        cur.execute("SELECT GET_LOCK(%s, 0), IS_USED_LOCK(%s)", (name, name))
+                        got, holder = cur.fetchone()
+                        if got == 1:
+                            self._held.add(key)
+                        elif (holder is None or int(holder) == old_id) and time.monotonic() < deadline:
+                            waiting.append(key)
+                        else:
+                            self._lost.add(key)  # reported by release_lock
+                pending = waiting
+                if pending:
+                    time.sleep(0.01)
         except BaseException:
-            self._lost.update(held)
+            self._lost.update(set(pending) - self._held)
             raise
-        self._conn = conn
-        for done, key in enumerate(held):
-            try:
-                with conn.cursor() as cur:
-                    cur.execute("SELECT GET_LOCK(%s, 0)", (self._lock_name(key),))
-                    row = cur.fetchone()
-            except BaseException:
-                self._lost.update(held[done:])
-                raise
-            if row and row[0] == 1:
-                self._held.add(key)
-            else:
-                self._lost.add(key)  # someone took it while we were away: reported by release_lock
 
     def _gone(self, exc: BaseException, conn: Any) -> bool:
         """True if ``exc`` means the server ended ``conn`` (then it is closed here too)."""
@@ -293,7 +295,7 @@ class MySQLBackend:
             raise PrivilegeError(
                 f"concurrent-db: MySQL user {account} at {self.url.render()} may not create databases "
                 f"({_server_message(exc)}); grant it with GRANT {_PRIVILEGES} ON *.* TO {account} "
-                f"(or only ON `cdb\\_%`.*)"
+                f"(or only ON `cdb\\_%`.* and ON {quote_ident(REGISTRY)}.*)"
             ) from None
         self._registry_ready = True
 
@@ -341,6 +343,8 @@ class MySQLBackend:
         return Marker.decode(self._registry_rows(name).get(name))
 
     def exists(self, name: str) -> bool:
+        if any(ord(ch) > 0xFFFF for ch in name):
+            return False  # identifiers are utf8mb3: no such database, and comparing would be an error
         rows = self._query("SELECT SCHEMA_NAME FROM information_schema.SCHEMATA WHERE SCHEMA_NAME = %s", (name,))
         return any(row[0] == name for row in rows)  # the column compares case-insensitively
 

@@ -46,8 +46,8 @@ _STRATEGIES = ("wal_log", "file_copy")
 _LIST_QUOTE = frozenset({"search_path", "temp_tablespaces", "local_preload_libraries", "session_preload_libraries"})
 _LIST_ITEM = re.compile(r'"(?:[^"]|"")*"|[^,\s"]+')
 _IDLE, _INTRANS = 0, 2  # TransactionStatus in psycopg 3 and psycopg2 alike
-#: How long a new control session waits for the server to end the lost one, which holds
-#: our locks until its process exits (seconds).
+#: How long a new control session waits for the lost one's process to exit and free our
+#: locks (seconds).
 _OLD_SESSION_WAIT = 5.0
 
 
@@ -88,6 +88,7 @@ class PostgreSQLBackend:
         self.application_name = application_name
         self.strategy = strategy.lower() if strategy else None
         self._conn: psycopg.Connection[Any] | None = None
+        self._conn_pid = 0  # its server process (a lost connection no longer tells)
         self._maintenance_db = ""
         self._held: set[str] = set()
         #: locks the control session held when the server ended it, that we could not take again
@@ -148,32 +149,36 @@ class PostgreSQLBackend:
         """Open the control connection; after a lost one, take its locks again."""
         held, self._held = sorted(self._held), set()
         old, self._conn = self._conn, None
-        old_pid = 0
+        old_pid = self._conn_pid if old is not None else 0
         if old is not None:
             with contextlib.suppress(psycopg.Error):
-                old_pid = old.pgconn.backend_pid
                 old.close()
+        pending = held
         try:
             conn = self._open_control()
-            if held and old_pid:  # its server process releases our locks when it exits
-                deadline = time.monotonic() + _OLD_SESSION_WAIT
-                query = "SELECT 1 FROM pg_stat_activity WHERE pid = %s"
-                while conn.execute(query, (old_pid,)).fetchone() and time.monotonic() < deadline:
-                    time.sleep(0.05)
+            self._conn_pid = conn.info.backend_pid
+            self._conn = conn
+            # The old session's process releases our locks when it exits, which may take a
+            # moment: take each again as soon as it is free; one another session holds is lost.
+            deadline = time.monotonic() + _OLD_SESSION_WAIT
+            while pending:
+                waiting = []
+                for key in pending:
+                    row = conn.execute("SELECT pg_try_advisory_lock(%s)", (lock_key(key),)).fetchone()
+                    if row and row[0]:
+                        self._held.add(key)
+                        continue
+                    holders = self._holder_pids(key)
+                    if (not holders or old_pid in holders) and time.monotonic() < deadline:
+                        waiting.append(key)
+                    else:
+                        self._lost.add(key)  # reported by release_lock
+                pending = waiting
+                if pending:
+                    time.sleep(0.01)
         except BaseException:
-            self._lost.update(held)
+            self._lost.update(set(pending) - self._held)
             raise
-        self._conn = conn
-        for done, key in enumerate(held):
-            try:
-                row = conn.execute("SELECT pg_try_advisory_lock(%s)", (lock_key(key),)).fetchone()
-            except BaseException:
-                self._lost.update(held[done:])
-                raise
-            if row and row[0]:
-                self._held.add(key)
-            else:
-                self._lost.add(key)  # someone took it while we were away: reported by release_lock
 
     def _exec(self, query: str | sql.Composed, params: Any = None, *, retry: bool = True) -> list[tuple[Any, ...]]:
         """Run ``query`` on the control connection; if the server ended that session, run it
@@ -549,15 +554,25 @@ class PostgreSQLBackend:
             time.sleep(max(0.0, min(delay, deadline - time.monotonic())))
             delay = min(delay * 2, 0.5)
 
-    def _holder(self, key: str) -> str:
+    _HOLDERS = (
+        "SELECT a.pid, a.application_name, a.client_addr, a.backend_start FROM pg_locks l "
+        "JOIN pg_stat_activity a ON a.pid = l.pid WHERE l.locktype = 'advisory' AND l.granted "
+        "AND l.classid::bigint = %s AND l.objid::bigint = %s AND l.objsubid = 1 "
+        "AND l.database = (SELECT oid FROM pg_database WHERE datname = current_database())"
+    )
+
+    @staticmethod
+    def _key_parts(key: str) -> tuple[int, int]:
         unsigned = lock_key(key) & 0xFFFFFFFFFFFFFFFF
-        rows = self._exec(
-            "SELECT a.pid, a.application_name, a.client_addr, a.backend_start FROM pg_locks l "
-            "JOIN pg_stat_activity a ON a.pid = l.pid WHERE l.locktype = 'advisory' AND l.granted "
-            "AND l.classid::bigint = %s AND l.objid::bigint = %s AND l.objsubid = 1 "
-            "AND l.database = (SELECT oid FROM pg_database WHERE datname = current_database())",
-            (unsigned >> 32, unsigned & 0xFFFFFFFF),
-        )
+        return unsigned >> 32, unsigned & 0xFFFFFFFF
+
+    def _holder_pids(self, key: str) -> set[int]:
+        """Server processes holding lock ``key`` (on the current control connection, no retry)."""
+        assert self._conn is not None
+        return {int(row[0]) for row in self._conn.execute(self._HOLDERS, self._key_parts(key)).fetchall()}
+
+    def _holder(self, key: str) -> str:
+        rows = self._exec(self._HOLDERS, self._key_parts(key))
         if not rows:
             return "another session (released just now?)"
         return ", ".join(
