@@ -30,7 +30,7 @@ from filelock import FileLock, Timeout
 
 from . import __version__
 from .backends import Backend, Marker, connect_url, load_backend
-from .errors import ConcurrentDBError, ConfigError, LockTimeoutError, NotOursError
+from .errors import ConcurrentDBError, ConfigError, LockTimeoutError, NotOursError, PrivilegeError
 from .naming import PREFIX, clone_name, sanitize, template_name
 from .url import DatabaseURL
 
@@ -264,7 +264,13 @@ class Engine:
             _write_holder(path, self.run_id, self.worker_id)
             remaining = max(self.lock_timeout - (time.monotonic() - started), 0.1)
             key = f"template:{name}"
-            self.backend.acquire_lock(key, remaining)
+            try:
+                self.backend.acquire_lock(key, remaining)
+            except LockTimeoutError as exc:
+                raise LockTimeoutError(
+                    f"concurrent-db: timed out after {self.lock_timeout:g}s waiting for the template lock of "
+                    f"{name}: {str(exc).removeprefix('concurrent-db: ')}"
+                ) from None
             try:
                 yield
             finally:
@@ -379,7 +385,7 @@ class Engine:
             try:
                 self.backend.drop(info.name)
                 dropped.append(info.name)
-            except NotOursError:
+            except (NotOursError, PrivilegeError):  # not ours, or another user's: leave it
                 pass
             finally:
                 self.backend.release_lock(key)
@@ -455,7 +461,7 @@ class Engine:
             try:
                 self.backend.drop(entry.name)
                 dropped.append(entry)
-            except NotOursError:
+            except (NotOursError, PrivilegeError):  # not ours, or another user's: leave it
                 pass
             finally:
                 self.backend.release_lock(key)

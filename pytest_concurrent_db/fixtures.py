@@ -61,11 +61,14 @@ def concurrent_db(
             "(ini concurrent_db = true, env CONCURRENT_DB=1)",
             pytrace=False,
         )
+    error = ""
     try:
         database = state.setup(concurrent_db_populate)
     except ConcurrentDBError as exc:
-        request.session.shouldstop = str(exc)
-        pytest.fail(str(exc), pytrace=False)
+        error = str(exc)
+    if error:  # outside the except block: one message, no "during handling of..." chain
+        request.session.shouldstop = error
+        pytest.fail(error, pytrace=False)
     yield database
     state.teardown()
 

@@ -196,8 +196,10 @@ def pytest_terminal_summary(terminalreporter: Any, config: pytest.Config) -> Non
         builders = [r for r in group if r.get("template_built")]
         if builders:
             how = f"built by {builders[0]['worker_id']} in {builders[0]['template_seconds']:.2f}s"
-        else:
+        elif any(r.get("clone") for r in group):
             how = "reused (inputs unchanged)"
+        else:
+            how = "not ready (setup failed)"
         waited = max(r.get("lock_wait_seconds", 0.0) for r in group)
         tr.write_line(f"template: {template} {how}; longest lock wait {waited:.2f}s")
         clones = ", ".join(

@@ -183,7 +183,10 @@ class WorkerConnection:
         except Exception as exc:  # the connection itself is broken: a fresh one for the next test
             self.close()
             findings = []
-            errors, warns = [f"the connection failed during the check ({type(exc).__name__}: {exc})"], []
+            detail = str(exc).strip()
+            reason = f" ({type(exc).__name__}: {detail})" if detail and detail != "(0, '')" else ""
+            errors = [f"the connection to the database was lost{reason}; a new one is opened for the next test"]
+            warns = []
         else:
             errors = [f.message for f in findings if f.severity == "error"]
             warns = [f.message for f in findings if f.severity == "warning"]

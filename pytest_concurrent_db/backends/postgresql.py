@@ -424,6 +424,12 @@ class PostgreSQLBackend:
             raise error(f"concurrent-db: cannot drop database {name!r}: {_reason(exc)}") from exc
 
     # -- scripts --------------------------------------------------------------------
+    def build_statements(self) -> tuple[str, ...]:
+        """Session settings for the connection that builds a template: commits do not wait for
+        the WAL flush.  Safe: the template is sealed by a synchronous commit on the control
+        connection, which flushes everything before it, and an unsealed one is rebuilt."""
+        return ("SET synchronous_commit TO off",)
+
     def run_script(self, connection: Any, text: str, source: str) -> None:
         """Run ``text`` in one round trip; on error find the statement from the error
         position, or (no position: an execution error) by replaying it statement by

@@ -23,7 +23,7 @@ from typing import Any, ClassVar
 
 from filelock import FileLock, Timeout
 
-from ..errors import BackendUnavailableError, LockTimeoutError, NotOursError, ScriptError
+from ..errors import BackendUnavailableError, ConfigError, LockTimeoutError, NotOursError, ScriptError
 from ..naming import lock_key
 from ..sqlscript import split_sql
 from ..url import DatabaseURL
@@ -49,6 +49,11 @@ class SQLiteBackend:
         self._anchors: dict[str, sqlite3.Connection] = {}
 
     # -- paths -------------------------------------------------------------------
+    @staticmethod
+    def _check_name(name: str) -> None:
+        if not name or name in (".", "..") or any(ch in name for ch in "/\\\0"):
+            raise ConfigError(f"concurrent-db: {name!r} is not a valid SQLite database name (no path separators)")
+
     def _dir_for(self, marker: Marker) -> Path:
         return self.template_dir if marker.kind == "template" else self.clone_dir
 
@@ -146,6 +151,7 @@ class SQLiteBackend:
         os.replace(tmp, directory / f"{name}.json")
 
     def create(self, name: str, marker: Marker) -> None:
+        self._check_name(name)
         directory = self._dir_for(marker)
         directory.mkdir(parents=True, exist_ok=True)
         path = directory / (f"{name}.building.db" if marker.state == "building" else f"{name}.db")
@@ -167,6 +173,7 @@ class SQLiteBackend:
             self._write_marker(name, marker, path)
 
     def clone(self, template: str, name: str, marker: Marker) -> None:
+        self._check_name(name)
         source = sqlite3.connect(f"file:{self.path(template)}?mode=ro", uri=True)
         try:
             if self.memory:
