@@ -303,8 +303,6 @@ class Engine:
         try:
             try:
                 self.backend.clone(self.template, name, marker)
-            except ConcurrentDBError:
-                raise
             except Exception:
                 if self.backend.exists(self.template):
                     raise

@@ -214,3 +214,28 @@ def test_sqlite_template_reused_without_the_cache_plugin(project: Project) -> No
     assert "reused" in summary(second)
     digest = hashlib.sha256(str(project.pytester.path).encode()).hexdigest()[:12]
     shutil.rmtree(server_lock_dir() / "sqlite-templates" / digest)
+
+
+def test_template_dropped_before_the_clone_is_rebuilt(backend_url, tmp_path) -> None:  # type: ignore[no-untyped-def]
+    """Another run may prune the template between our check and our clone: build it again."""
+    import secrets
+
+    from pytest_concurrent_db.engine import Engine, schema_populator
+
+    schema = tmp_path / "schema.sql"
+    schema.write_text("CREATE TABLE t (id INTEGER);\n")
+    base = "race" + secrets.token_hex(3)
+    url = backend_url.with_database(str(tmp_path / f"{base}.db") if backend_url.backend == "sqlite" else base)
+    engine = Engine(url, run_id="r" + secrets.token_hex(3), worker_id="gw0", lock_dir=tmp_path / "locks",
+                    template_dir=tmp_path / "tpl", clone_dir=tmp_path / "clones")
+    try:
+        template = engine.ensure_template([schema_populator(schema)])
+        engine.backend.drop(template)  # what a concurrent prune does
+        database = engine.create_clone()
+        assert engine.backend.exists(database.name)
+        assert engine.backend.exists(engine.template)
+    finally:
+        engine.drop_clone()
+        if engine.template and engine.backend.exists(engine.template):
+            engine.backend.drop(engine.template)
+        engine.close()
