@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import json
 import time
+from collections.abc import Callable, Iterable
 from dataclasses import asdict, dataclass, field
 from typing import Any, ClassVar, Literal, Protocol
 
@@ -191,3 +192,39 @@ class Backend(Protocol):
     def close(self) -> None:
         """Close the control connection (releasing its locks)."""
         ...
+
+
+def retake_locks(
+    keys: Iterable[str],
+    attempt: Callable[[str], tuple[bool, bool]],
+    *,
+    held: set[str],
+    lost: set[str],
+    wait: float,
+) -> None:
+    """Take session locks again on a new control connection after the old one was lost.
+
+    ``attempt(key)`` tries once and returns ``(taken, may_wait)``: ``may_wait`` when the
+    lock is free or still held by our old, dying session (whose process releases it a
+    moment later).  Keys taken go to ``held``; keys another session holds, or that stay
+    unavailable for ``wait`` seconds, go to ``lost`` (reported when released).
+    """
+    pending = list(keys)
+    deadline = time.monotonic() + wait
+    try:
+        while pending:
+            waiting = []
+            for key in pending:
+                taken, may_wait = attempt(key)
+                if taken:
+                    held.add(key)
+                elif may_wait and time.monotonic() < deadline:
+                    waiting.append(key)
+                else:
+                    lost.add(key)
+            pending = waiting
+            if pending:
+                time.sleep(0.01)
+    except BaseException:
+        lost.update(set(pending) - held)
+        raise

@@ -50,7 +50,7 @@ from ..errors import (
 )
 from ..sqlscript import split_sql
 from ..url import DatabaseURL
-from .base import DatabaseInfo, Marker
+from .base import DatabaseInfo, Marker, retake_locks
 from .mysql_recipe import capture_recipe, quote_ident, replay_recipe
 
 __all__ = ["REGISTRY", "MySQLBackend", "quote_ident"]
@@ -195,35 +195,24 @@ class MySQLBackend:
             with contextlib.suppress(Exception):  # already broken
                 old_id = int(old.thread_id())
                 old.close()
-        pending = held
         try:
             conn = self._open(
                 client_flag=CLIENT.FOUND_ROWS,
                 init_command="SET SESSION sql_mode = 'STRICT_ALL_TABLES,NO_ENGINE_SUBSTITUTION'",
             )
-            self._conn = conn
-            # The old connection's thread releases our locks when it ends, which may take a
-            # moment: take each again as soon as it is free; one another session holds is lost.
-            deadline = time.monotonic() + _OLD_SESSION_WAIT
-            while pending:
-                waiting = []
-                with conn.cursor() as cur:
-                    for key in pending:
-                        name = self._lock_name(key)
-                        cur.execute("SELECT GET_LOCK(%s, 0), IS_USED_LOCK(%s)", (name, name))
-                        got, holder = cur.fetchone()
-                        if got == 1:
-                            self._held.add(key)
-                        elif (holder is None or int(holder) == old_id) and time.monotonic() < deadline:
-                            waiting.append(key)
-                        else:
-                            self._lost.add(key)  # reported by release_lock
-                pending = waiting
-                if pending:
-                    time.sleep(0.01)
         except BaseException:
-            self._lost.update(set(pending) - self._held)
+            self._lost.update(held)
             raise
+        self._conn = conn
+
+        def attempt(key: str) -> tuple[bool, bool]:
+            name = self._lock_name(key)
+            with conn.cursor() as cur:
+                cur.execute("SELECT GET_LOCK(%s, 0), IS_USED_LOCK(%s)", (name, name))
+                got, holder = cur.fetchone()
+            return got == 1, holder is None or int(holder) == old_id
+
+        retake_locks(held, attempt, held=self._held, lost=self._lost, wait=_OLD_SESSION_WAIT)
 
     def _gone(self, exc: BaseException, conn: Any) -> bool:
         """True if ``exc`` means the server ended ``conn`` (then it is closed here too)."""

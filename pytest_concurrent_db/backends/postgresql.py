@@ -36,7 +36,7 @@ from ..errors import (
 from ..naming import lock_key
 from ..sqlscript import Statement, split_sql
 from ..url import DatabaseURL
-from .base import DatabaseInfo, Marker
+from .base import DatabaseInfo, Marker, retake_locks
 
 __all__ = ["PostgreSQLBackend"]
 
@@ -153,32 +153,22 @@ class PostgreSQLBackend:
         if old is not None:
             with contextlib.suppress(psycopg.Error):
                 old.close()
-        pending = held
         try:
             conn = self._open_control()
-            self._conn_pid = conn.info.backend_pid
-            self._conn = conn
-            # The old session's process releases our locks when it exits, which may take a
-            # moment: take each again as soon as it is free; one another session holds is lost.
-            deadline = time.monotonic() + _OLD_SESSION_WAIT
-            while pending:
-                waiting = []
-                for key in pending:
-                    row = conn.execute("SELECT pg_try_advisory_lock(%s)", (lock_key(key),)).fetchone()
-                    if row and row[0]:
-                        self._held.add(key)
-                        continue
-                    holders = self._holder_pids(key)
-                    if (not holders or old_pid in holders) and time.monotonic() < deadline:
-                        waiting.append(key)
-                    else:
-                        self._lost.add(key)  # reported by release_lock
-                pending = waiting
-                if pending:
-                    time.sleep(0.01)
         except BaseException:
-            self._lost.update(set(pending) - self._held)
+            self._lost.update(held)
             raise
+        self._conn_pid = conn.info.backend_pid
+        self._conn = conn
+
+        def attempt(key: str) -> tuple[bool, bool]:
+            row = conn.execute("SELECT pg_try_advisory_lock(%s)", (lock_key(key),)).fetchone()
+            if row and row[0]:
+                return True, False
+            holders = self._holder_pids(key)
+            return False, not holders or old_pid in holders
+
+        retake_locks(held, attempt, held=self._held, lost=self._lost, wait=_OLD_SESSION_WAIT)
 
     def _exec(self, query: str | sql.Composed, params: Any = None, *, retry: bool = True) -> list[tuple[Any, ...]]:
         """Run ``query`` on the control connection; if the server ended that session, run it
