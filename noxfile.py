@@ -9,7 +9,7 @@ nox.options.default_venv_backend = "venv"
 
 
 def _install(session: nox.Session) -> None:
-    session.install("-e", ".", "--group", "test")
+    session.install("-e", ".[test]")
 
 
 @nox.session

@@ -21,7 +21,7 @@ def test_foreign_key_is_enforced(concurrent_db, concurrent_db_transaction, sql):
     cur = concurrent_db_transaction.cursor()
     if concurrent_db.backend == "sqlite":
         cur.execute("PRAGMA foreign_keys = ON")
-    with pytest.raises(Exception, match="(?i)foreign key"):
+    with pytest.raises(Exception, match=r"(?i)foreign key"):
         cur.execute(sql("INSERT INTO purchase (customer_id, amount) VALUES (?, ?)"), (99, 1))
 
 
