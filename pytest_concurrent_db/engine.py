@@ -517,15 +517,8 @@ def tune_build_session(backend: Backend, connection: Any) -> None:
 def _clone_method(backend: Backend) -> str:
     """How clones are made, for the summary."""
     if backend.name == "postgresql":
-        strategy = getattr(backend, "strategy", None)
-        if strategy:
-            return f"CREATE DATABASE TEMPLATE, STRATEGY {strategy.upper()}"
-        major = getattr(backend, "_major", lambda: 0)()
-        return (
-            "CREATE DATABASE TEMPLATE, STRATEGY WAL_LOG (server default)"
-            if major >= 15
-            else ("CREATE DATABASE TEMPLATE (file copy)")
-        )
+        chosen = getattr(backend, "chosen_strategy", "")
+        return f"CREATE DATABASE TEMPLATE, STRATEGY {chosen.upper()}" if chosen else "CREATE DATABASE TEMPLATE"
     if backend.name == "mysql":
         return "DDL replay + INSERT ... SELECT"
     return "sqlite3 backup API"

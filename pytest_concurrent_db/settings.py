@@ -86,7 +86,7 @@ OPTIONS: tuple[Option, ...] = (
         "clone_strategy",
         "choice",
         "auto",
-        "PostgreSQL clone strategy: auto (the server's default, WAL_LOG on PostgreSQL 15+), wal_log or file_copy",
+        "PostgreSQL 15+ clone strategy: auto (WAL_LOG up to 512 MB templates, FILE_COPY above), wal_log or file_copy",
         choices=("auto", "wal_log", "file_copy"),
     ),
     Option(

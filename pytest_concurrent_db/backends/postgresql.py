@@ -42,6 +42,8 @@ __all__ = ["PostgreSQLBackend"]
 
 _FIX_URL = "fix --concurrent-db-url (ini concurrent_db_url, env CONCURRENT_DB_URL)"
 _STRATEGIES = ("wal_log", "file_copy")
+#: With ``--concurrent-db-clone-strategy auto``, templates larger than this are cloned with FILE_COPY.
+FILE_COPY_ABOVE = 512 * 1024 * 1024
 #: Settings whose list elements are identifiers: ``ALTER DATABASE SET`` needs one literal each.
 _LIST_QUOTE = frozenset({"search_path", "temp_tablespaces", "local_preload_libraries", "session_preload_libraries"})
 _LIST_ITEM = re.compile(r'"(?:[^"]|"")*"|[^,\s"]+')
@@ -87,6 +89,8 @@ class PostgreSQLBackend:
         self.url = url
         self.application_name = application_name
         self.strategy = strategy.lower() if strategy else None
+        self.chosen_strategy = ""
+        self._sizes: dict[str, int] = {}
         self._conn: psycopg.Connection[Any] | None = None
         self._conn_pid = 0  # its server process (a lost connection no longer tells)
         self._maintenance_db = ""
@@ -346,8 +350,9 @@ class PostgreSQLBackend:
     def clone(self, template: str, name: str, marker: Marker) -> None:
         self._check_name(name)
         query = sql.SQL("CREATE DATABASE {} TEMPLATE {}").format(sql.Identifier(name), sql.Identifier(template))
-        if self.strategy and self._major() >= 15:
-            query += sql.SQL(" STRATEGY {}").format(sql.Literal(self.strategy.upper()))
+        strategy = self._strategy_for(template)
+        if strategy:
+            query += sql.SQL(" STRATEGY {}").format(sql.Literal(strategy.upper()))
         settings = self._exec(
             "SELECT unnest(s.setconfig) FROM pg_db_role_setting s "
             "JOIN pg_database d ON d.oid = s.setdatabase "
@@ -368,6 +373,20 @@ class PostgreSQLBackend:
         what = f"clone template {template!r} into {name!r}"
         self._create(query, name, template, what)
         self._finish(name, steps, marker, what)
+
+    def _strategy_for(self, template: str) -> str | None:
+        """The forced strategy, or with ``auto`` (PostgreSQL 15+): WAL_LOG for templates up to
+        :data:`FILE_COPY_ABOVE` bytes (no checkpoint), FILE_COPY above (no WAL for every block).
+        Remembered per template in :attr:`chosen_strategy` for the summary."""
+        if self._major() < 15:
+            return None
+        if self.strategy is None and template not in self._sizes:
+            rows = self._exec("SELECT pg_database_size(oid) FROM pg_database WHERE datname = %s", (template,))
+            self._sizes[template] = int(rows[0][0]) if rows and rows[0][0] is not None else 0
+        chosen = self.strategy or ("file_copy" if self._sizes[template] > FILE_COPY_ABOVE else "wal_log")
+        auto = "" if self.strategy else f" (auto, {self._sizes[template] >> 20} MB template)"
+        self.chosen_strategy = chosen.upper() + auto
+        return chosen
 
     def _force_drop(self, name: str) -> None:
         ident = sql.Identifier(name)

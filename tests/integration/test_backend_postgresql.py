@@ -136,8 +136,9 @@ def make_role(postgresql_url: DatabaseURL) -> Iterator[Callable[..., DatabaseURL
     yield new
     with _admin(postgresql_url) as admin:
         for name in made:
-            for (db,) in admin.execute("SELECT datname FROM pg_database d JOIN pg_roles r "
-                                       "ON r.oid = d.datdba WHERE r.rolname = %s", (name,)).fetchall():
+            for (db,) in admin.execute(
+                "SELECT datname FROM pg_database d JOIN pg_roles r ON r.oid = d.datdba WHERE r.rolname = %s", (name,)
+            ).fetchall():
                 _force_drop(admin, db)
             admin.execute(sql.SQL("DROP ROLE IF EXISTS {}").format(sql.Identifier(name)))
 
@@ -210,8 +211,9 @@ def test_list_databases_escapes_like_wildcards(backend: PostgreSQLBackend, names
 def test_template_seal_refuses_connections(
     backend: PostgreSQLBackend, template: str, admin: psycopg.Connection[Any]
 ) -> None:
-    row = admin.execute("SELECT datistemplate, datallowconn FROM pg_database WHERE datname = %s",
-                        (template,)).fetchone()
+    row = admin.execute(
+        "SELECT datistemplate, datallowconn FROM pg_database WHERE datname = %s", (template,)
+    ).fetchone()
     assert row == (True, False)
     marker = backend.get_marker(template)
     assert marker is not None
@@ -271,9 +273,7 @@ def test_unknown_strategy_is_a_config_error(postgresql_url: DatabaseURL) -> None
         PostgreSQLBackend(postgresql_url, strategy="copy; DROP")
 
 
-def test_concurrent_clones_from_one_template(
-    postgresql_url: DatabaseURL, template: str, names: Names
-) -> None:
+def test_concurrent_clones_from_one_template(postgresql_url: DatabaseURL, template: str, names: Names) -> None:
     clones = [names(f"_c{i}") for i in range(4)]
     backends = [PostgreSQLBackend(postgresql_url, application_name=f"cdb-test-{i}") for i in range(4)]
     barrier = threading.Barrier(4)
@@ -308,9 +308,7 @@ def test_concurrent_clones_from_one_template(
         checker.close()
 
 
-def test_clone_waits_for_then_names_sessions_on_template(
-    backend: PostgreSQLBackend, names: Names
-) -> None:
+def test_clone_waits_for_then_names_sessions_on_template(backend: PostgreSQLBackend, names: Names) -> None:
     source = names("_src")
     backend.create(source, _marker("template", "building"))
     blocker = backend.connect(source)  # an unsealed template with a session on it
@@ -339,7 +337,9 @@ def test_clone_of_a_missing_template(backend: PostgreSQLBackend, names: Names) -
 
 
 def test_clone_cleans_up_when_settings_cannot_be_copied(
-    postgresql_url: DatabaseURL, names: Names, admin: psycopg.Connection[Any],
+    postgresql_url: DatabaseURL,
+    names: Names,
+    admin: psycopg.Connection[Any],
     make_role: Callable[..., DatabaseURL],
 ) -> None:
     """A CREATEDB role may clone a template, but not copy a superuser-only setting."""
@@ -411,9 +411,7 @@ def test_drop_refuses_the_database_of_the_url(
     assert backend.exists(name)
 
 
-@pytest.mark.parametrize(
-    "suffix", [' "quoted"', " with space", "_ünïcødé", '"; DROP DATABASE {decoy}; --', "'; --"]
-)
+@pytest.mark.parametrize("suffix", [' "quoted"', " with space", "_ünïcødé", '"; DROP DATABASE {decoy}; --', "'; --"])
 def test_odd_names_create_and_drop_exactly_one_database(
     backend: PostgreSQLBackend, names: Names, admin: psycopg.Connection[Any], suffix: str
 ) -> None:
@@ -450,8 +448,9 @@ def test_locks_between_two_backends(postgresql_url: DatabaseURL, admin: psycopg.
         assert holder.try_lock(key)
         assert holder.try_lock(key)  # already ours
         assert not taker.try_lock(key)
-        row = admin.execute("SELECT pid FROM pg_stat_activity WHERE application_name = %s",
-                            (f"cdb-test-holder-{tag}",)).fetchone()
+        row = admin.execute(
+            "SELECT pid FROM pg_stat_activity WHERE application_name = %s", (f"cdb-test-holder-{tag}",)
+        ).fetchone()
         assert row is not None
         started = time.monotonic()
         with pytest.raises(LockTimeoutError) as info:
@@ -493,16 +492,32 @@ def test_run_script_applies_and_commits(backend: PostgreSQLBackend, names: Names
 @pytest.mark.parametrize(
     "case",
     [
-        ("CREATE TABLE a (id int);\n\nINSERT INTO a VALUES (1);\nSELEC 1;\n",
-         4, "SELEC 1", 'syntax error at or near "SELEC"'),
-        ("CREATE TABLE a (id int);\n/* ; */ SELECT 1;\nSELECT *\n  FROM missing_t;",
-         3, "SELECT * FROM missing_t", 'relation "missing_t" does not exist'),
-        ("CREATE TABLE a (id int PRIMARY KEY);\nINSERT INTO a VALUES (1);\nINSERT INTO a VALUES\n (1);\n",
-         3, "INSERT INTO a VALUES (1)", "duplicate key value violates unique constraint"),
-        ("CREATE TABLE a (id int); SELECT 1 / 0; SELECT 2;",
-         1, "SELECT 1 / 0", "division by zero"),
-        ("CREATE TABLE a (id int);\nCREATE FUNCTION f() RETURNS int LANGUAGE plpgsql AS $$\n"
-         "BEGIN\n  RETURN 1 +;\nEND $$;\n", 2, "CREATE FUNCTION f()", "syntax error"),
+        (
+            "CREATE TABLE a (id int);\n\nINSERT INTO a VALUES (1);\nSELEC 1;\n",
+            4,
+            "SELEC 1",
+            'syntax error at or near "SELEC"',
+        ),
+        (
+            "CREATE TABLE a (id int);\n/* ; */ SELECT 1;\nSELECT *\n  FROM missing_t;",
+            3,
+            "SELECT * FROM missing_t",
+            'relation "missing_t" does not exist',
+        ),
+        (
+            "CREATE TABLE a (id int PRIMARY KEY);\nINSERT INTO a VALUES (1);\nINSERT INTO a VALUES\n (1);\n",
+            3,
+            "INSERT INTO a VALUES (1)",
+            "duplicate key value violates unique constraint",
+        ),
+        ("CREATE TABLE a (id int); SELECT 1 / 0; SELECT 2;", 1, "SELECT 1 / 0", "division by zero"),
+        (
+            "CREATE TABLE a (id int);\nCREATE FUNCTION f() RETURNS int LANGUAGE plpgsql AS $$\n"
+            "BEGIN\n  RETURN 1 +;\nEND $$;\n",
+            2,
+            "CREATE FUNCTION f()",
+            "syntax error",
+        ),
     ],
 )
 def test_run_script_error_names_file_line_and_statement(
@@ -537,8 +552,12 @@ def test_isolation_probes(backend: PostgreSQLBackend, names: Names) -> None:
         assert not backend.in_transaction(conn)
         assert backend.row_counts(conn) == {}
         assert not backend.in_transaction(conn)  # the probe rolled back what it opened
-        backend.run_script(conn, 'CREATE SCHEMA "we ird"; CREATE TABLE "we ird"."ta ble" (x int);'
-                           "CREATE TABLE t (x int); INSERT INTO t VALUES (1), (2);", "s.sql")
+        backend.run_script(
+            conn,
+            'CREATE SCHEMA "we ird"; CREATE TABLE "we ird"."ta ble" (x int);'
+            "CREATE TABLE t (x int); INSERT INTO t VALUES (1), (2);",
+            "s.sql",
+        )
         other.execute("CREATE TEMP TABLE mine (x int)")  # another session's temp table: skipped
         assert backend.row_counts(conn) == {"public.t": 2, "we ird.ta ble": 0}
         sessions = backend.other_sessions(name, conn)
@@ -600,9 +619,7 @@ def test_preflight_unreachable_server_is_one_line_without_password(postgresql_ur
         assert "s3cr3t" not in text
 
 
-def test_preflight_without_createdb_is_a_privilege_error(
-    make_role: Callable[..., DatabaseURL], names: Names
-) -> None:
+def test_preflight_without_createdb_is_a_privilege_error(make_role: Callable[..., DatabaseURL], names: Names) -> None:
     role = f"cdb_t_nocreate_{secrets.token_hex(3)}"
     backend = PostgreSQLBackend(make_role(role, "NOCREATEDB"))
     try:
@@ -617,3 +634,30 @@ def test_preflight_without_createdb_is_a_privilege_error(
         assert not backend.exists(name)
     finally:
         backend.close()
+
+
+@pytest.mark.parametrize(("threshold", "expected"), [(1 << 40, "WAL_LOG (auto"), (0, "FILE_COPY (auto")])
+def test_auto_strategy_by_template_size(  # noqa: PLR0917  (fixtures)
+    postgresql_url: DatabaseURL,
+    template: str,
+    names: Names,
+    monkeypatch: pytest.MonkeyPatch,
+    threshold: int,
+    expected: str,
+) -> None:
+    """auto: WAL_LOG for small templates, FILE_COPY above the size threshold; forced wins."""
+    from pytest_concurrent_db.backends import postgresql
+
+    monkeypatch.setattr(postgresql, "FILE_COPY_ABOVE", threshold)
+    auto = PostgreSQLBackend(postgresql_url)
+    forced = PostgreSQLBackend(postgresql_url, strategy="file_copy")
+    try:
+        clone = names()
+        auto.clone(template, clone, _marker(template=template))
+        assert auto.chosen_strategy.startswith(expected)
+        other = names()
+        forced.clone(template, other, _marker(template=template))
+        assert forced.chosen_strategy == "FILE_COPY"
+    finally:
+        auto.close()
+        forced.close()
