@@ -1,7 +1,8 @@
 """``python -m pytest_concurrent_db list|prune``: our databases on a server.
 
-``list`` shows every template and clone we made (name, kind, run, live or dead,
-age, size).  ``prune`` drops the dead ones — clones whose run is gone, abandoned
+``list`` shows the templates and clones we made for the URL's database name (with
+``--all``: for every project on the server): name, kind, run, live or dead, age, size.
+``prune`` drops the dead ones — clones whose run is gone, kept clones, abandoned
 template builds, out-of-date templates beyond ``--keep-templates`` that no live run
 uses — as a dry run unless ``--yes`` is given.  The same safety rules as the plugin:
 only databases with our prefix and our marker, never one whose owner is alive.
@@ -17,7 +18,7 @@ from pathlib import Path
 
 from .engine import Engine, Entry, server_lock_dir
 from .errors import ConcurrentDBError
-from .naming import new_run_id
+from .naming import PREFIX, new_run_id
 from .url import DatabaseURL, parse_url
 
 
@@ -79,16 +80,25 @@ def main(argv: Sequence[str] | None = None) -> int:
         help="out-of-date templates to keep per database name (default: 2)",
     )
     parser.add_argument("--yes", action="store_true", help="prune: really drop (default: dry run)")
+    parser.add_argument(
+        "--all",
+        action="store_true",
+        help="every project's databases on the server (default: only those of the URL's database name)",
+    )
     args = parser.parse_args(argv)
     try:
         engine = _engine(args)
         try:
             engine.backend.preflight()
+            scoped = not args.all and bool(engine.url.database) and not engine.url.is_memory
+            prefix = engine.own_prefix if scoped else PREFIX
             if args.command == "list":
-                entries = engine.inventory()
+                entries = engine.inventory(prefix)
                 print(_table(entries) if entries else "no databases of pytest-concurrent-db found")
                 return 0
-            doomed = engine.prune(keep_templates=args.keep_templates, dry_run=not args.yes, everything=True)
+            doomed = engine.prune(
+                keep_templates=args.keep_templates, dry_run=not args.yes, everything=True, prefix=prefix
+            )
             verb = "dropped" if args.yes else "would drop (dry run; pass --yes to drop)"
             print(f"{verb}: {len(doomed)} database(s)")
             for entry in doomed:

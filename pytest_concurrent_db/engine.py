@@ -389,9 +389,15 @@ class Engine:
                 self.backend.release_lock(key)
         return dropped
 
-    def inventory(self) -> list[Entry]:
-        """Every database of ours on the server, with whether its owner is alive."""
-        infos = [i for i in self.backend.list_databases(PREFIX) if i.marker is not None]
+    @property
+    def own_prefix(self) -> str:
+        """The name prefix of this project's databases (``cdb_<base>_``)."""
+        return f"{PREFIX}{sanitize(self.base)}_"
+
+    def inventory(self, prefix: str = PREFIX) -> list[Entry]:
+        """Every database of ours on the server (or those starting with ``prefix``), with
+        whether its owner is alive."""
+        infos = [i for i in self.backend.list_databases(prefix) if i.marker is not None]
         own = {self.database.name} if self.database is not None else set()
         live_clones: dict[str, bool] = {}
         for info in infos:
@@ -427,17 +433,23 @@ class Engine:
         return entries
 
     def prune(
-        self, *, keep_templates: int | None = None, dry_run: bool = False, everything: bool = False
+        self,
+        *,
+        keep_templates: int | None = None,
+        dry_run: bool = False,
+        everything: bool = False,
+        prefix: str = PREFIX,
     ) -> list[Entry]:
         """Drop stale ready templates beyond the newest ``keep_templates`` that no live run uses.
 
         By default (after a template build) only templates of this engine's base name,
         i.e. this project's, are considered.  With ``everything`` (the CLI's ``prune``)
-        every base name is, and so are dead clones, kept clones and abandoned builds.
+        every base name is (limited to names starting with ``prefix``), and so are dead
+        clones, kept clones and abandoned builds.
         Returns what was (or, with ``dry_run``, would be) dropped.
         """
         keep = self.keep_templates if keep_templates is None else keep_templates
-        entries = self.inventory()
+        entries = self.inventory(prefix)
         doomed = [e for e in entries if everything and not e.live and (e.kind == "clone" or e.state != "ready")]
         by_base: dict[str, list[Entry]] = {}
         for entry in entries:
@@ -518,7 +530,7 @@ def _clone_method(backend: Backend) -> str:
     """How clones are made, for the summary."""
     if backend.name == "postgresql":
         chosen = getattr(backend, "chosen_strategy", "")
-        return f"CREATE DATABASE TEMPLATE, STRATEGY {chosen.upper()}" if chosen else "CREATE DATABASE TEMPLATE"
+        return f"CREATE DATABASE TEMPLATE, STRATEGY {chosen}" if chosen else "CREATE DATABASE TEMPLATE"
     if backend.name == "mysql":
         return "DDL replay + INSERT ... SELECT"
     return "sqlite3 backup API"

@@ -11,7 +11,7 @@ from .conftest import Project
 
 
 def _cli(project: Project, *args: str) -> subprocess.CompletedProcess[str]:
-    url = [] if project.backend == "sqlite" else ["--url", project.url.render(hide_password=False)]
+    url = ["--url", project.url.render(hide_password=False)]
     return subprocess.run(
         [sys.executable, "-m", "pytest_concurrent_db", *args, *url],
         cwd=project.pytester.path,
@@ -77,3 +77,24 @@ def test_cli_error_is_one_line(project: Project) -> None:
     assert "cannot connect" in result.stderr
     assert "s3cr3t" not in result.stderr
     assert "Traceback" not in result.stderr
+
+
+def test_prune_is_scoped_to_the_urls_database_name(project: Project) -> None:
+    """Another project's out-of-date template on the same server survives our prune."""
+    project.write(tests="def test_one(concurrent_db): pass\n")
+    project.run("-p", "no:xdist").assert_outcomes(passed=1)
+    other = Project(
+        project.pytester,
+        project.backend,
+        project.url.with_database(project.url.database.replace(project.base, "o" + project.base[1:])),
+        "o" + project.base[1:],
+    )
+    other.run("-p", "no:xdist").assert_outcomes(passed=1)
+    try:
+        assert [n for n in other.server_names() if "_tpl_" in n]
+        done = _cli(project, "prune", "--yes", "--keep-templates", "0")
+        assert done.returncode == 0, done.stderr
+        assert [n for n in project.server_names() if "_tpl_" in n] == []
+        assert [n for n in other.server_names() if "_tpl_" in n]  # not ours to prune
+    finally:
+        other.drop_all()
