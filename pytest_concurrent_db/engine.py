@@ -85,13 +85,15 @@ def schema_populator(path: Path) -> Populator:
 
 
 def callable_populator(
-    label: str, func: Callable[..., Any], call: Callable[[Any], None] | None = None, extra_key: str = ""
+    label: str,
+    func: Callable[..., Any],
+    call: Callable[[Any], None] | None = None,
+    extra_key: str = "",
+    also: Sequence[Callable[..., Any]] = (),
 ) -> Populator:
-    """Run user code; the source of ``func`` (and ``extra_key``) is part of the fingerprint."""
-    try:
-        source = inspect.getsource(func)
-    except (OSError, TypeError):
-        source = getattr(func, "__qualname__", repr(func))
+    """Run ``call`` (default: ``func``); the source of ``func`` and of the functions in ``also``
+    (and ``extra_key``) is part of the fingerprint."""
+    source = "".join(_source(f) for f in (func, *also))
     key = f"callable:{label}:{hashlib.sha256((source + extra_key).encode()).hexdigest()}"
 
     def apply(backend: Backend, connection: Any) -> None:
@@ -377,17 +379,21 @@ class Engine:
         for info in self.backend.list_databases(PREFIX):
             if info.marker is None or info.name == skip or not wanted(info.marker):
                 continue
-            key = f"{info.marker.kind}:{info.name}"
-            if not self._take(key, wait):
-                continue  # its owner is alive
-            try:
-                self.backend.drop(info.name)
+            if self._drop_if_dead(info.name, f"{info.marker.kind}:{info.name}", wait):
                 dropped.append(info.name)
-            except (NotOursError, PrivilegeError):  # not ours, or another user's: leave it
-                pass
-            finally:
-                self.backend.release_lock(key)
         return dropped
+
+    def _drop_if_dead(self, name: str, key: str, wait: float = 0.0) -> bool:
+        """Drop ``name`` if its owner's lock ``key`` can be taken; True if dropped."""
+        if not self._take(key, wait):
+            return False  # its owner is alive
+        try:
+            self.backend.drop(name)
+        except (NotOursError, PrivilegeError):  # not ours, or another user's: leave it
+            return False
+        finally:
+            self.backend.release_lock(key)
+        return True
 
     @property
     def own_prefix(self) -> str:
@@ -463,19 +469,7 @@ class Engine:
             doomed.extend(e for e in group[keep:] if not e.live)
         if dry_run:
             return doomed
-        dropped = []
-        for entry in doomed:
-            key = f"{entry.kind}:{entry.name}"
-            if not self.backend.try_lock(key):
-                continue  # came alive meanwhile
-            try:
-                self.backend.drop(entry.name)
-                dropped.append(entry)
-            except (NotOursError, PrivilegeError):  # not ours, or another user's: leave it
-                pass
-            finally:
-                self.backend.release_lock(key)
-        return dropped
+        return [e for e in doomed if self._drop_if_dead(e.name, f"{e.kind}:{e.name}")]
 
     def _take(self, key: str, wait: float) -> bool:
         if wait <= 0:
@@ -510,6 +504,13 @@ class Entry:
     live: bool
     age_seconds: float
     size_bytes: int | None
+
+
+def _source(func: Callable[..., Any]) -> str:
+    try:
+        return inspect.getsource(func)
+    except (OSError, TypeError):
+        return str(getattr(func, "__qualname__", repr(func)))
 
 
 def tune_build_session(backend: Backend, connection: Any) -> None:

@@ -2,13 +2,13 @@
 
 from __future__ import annotations
 
-import os
 from pathlib import Path
 from typing import Any
 
 import pytest
 
 from . import hookspecs
+from . import settings as settings_module
 from .engine import check_url_for_xdist
 from .errors import ConcurrentDBError, ConfigError
 from .fixtures import (
@@ -20,7 +20,7 @@ from .fixtures import (
     concurrent_db_url,
 )
 from .naming import new_run_id
-from .settings import OPTIONS, Settings, resolve
+from .settings import OPTIONS, Settings, resolve, resolve_one
 from .state import STATE_KEY, PluginState, get_state
 
 __all__ = [
@@ -83,12 +83,11 @@ def _runs_xdist(config: pytest.Config) -> bool:
 def pytest_configure(config: pytest.Config) -> None:
     try:
         settings = _resolve(config)
-    except ConfigError as exc:
-        enabled = (
-            config.getoption("concurrent_db_enabled")
-            or os.environ.get("CONCURRENT_DB", "").lower() in ("1", "true", "yes", "on")
-            or str(config.getini("concurrent_db") or "").lower() in ("1", "true", "yes", "on")
-        )
+    except ConfigError as exc:  # a bad value only matters when the plugin is on
+        try:
+            enabled, _ = resolve_one(settings_module.option("enabled"), config.getoption, config.getini)
+        except ConfigError:
+            enabled = True  # the switch itself is bad: say so
         if enabled:
             raise pytest.UsageError(str(exc)) from None
         settings = Settings()

@@ -151,27 +151,37 @@ def resolve(
     ``ini(key)`` returns the raw ini value or None/"" when not set.  Relative schema
     paths are resolved against ``cwd`` (CLI, environment) or ``ini_dir`` (ini).
     """
-    environ = os.environ if environ is None else environ
-    cwd = cwd or Path.cwd()
     values: dict[str, Any] = {}
     sources: dict[str, str] = {}
-    for option in OPTIONS:
-        raw_cli = cli(option.dest)
-        raw_env = environ.get(option.env)
-        raw_ini = ini(option.ini)
-        if raw_cli not in (None, [], ()):
-            value, source, base = raw_cli, option.flag, cwd
-        elif raw_env not in (None, ""):
-            value, source, base = raw_env, f"env {option.env}", cwd
-        elif raw_ini not in (None, "", [], ()):
-            value, source, base = raw_ini, f"ini {option.ini}", ini_dir or cwd
-        else:
-            values[option.name] = option.default
-            sources[option.name] = "default"
-            continue
-        values[option.name] = _convert(option, value, source, base)
-        sources[option.name] = source
+    for opt in OPTIONS:
+        values[opt.name], sources[opt.name] = resolve_one(opt, cli, ini, environ=environ, cwd=cwd, ini_dir=ini_dir)
     return Settings(**values, sources=sources)
+
+
+def resolve_one(
+    opt: Option,
+    cli: Callable[[str], Any],
+    ini: Callable[[str], Any],
+    *,
+    environ: Mapping[str, str] | None = None,
+    cwd: Path | None = None,
+    ini_dir: Path | None = None,
+) -> tuple[Any, str]:
+    """One option's value and its source, with the same rules as :func:`resolve`."""
+    environ = os.environ if environ is None else environ
+    cwd = cwd or Path.cwd()
+    raw_cli = cli(opt.dest)
+    raw_env = environ.get(opt.env)
+    raw_ini = ini(opt.ini)
+    if raw_cli not in (None, [], ()):
+        value, source, base = raw_cli, opt.flag, cwd
+    elif raw_env not in (None, ""):
+        value, source, base = raw_env, f"env {opt.env}", cwd
+    elif raw_ini not in (None, "", [], ()):
+        value, source, base = raw_ini, f"ini {opt.ini}", ini_dir or cwd
+    else:
+        return opt.default, "default"
+    return _convert(opt, value, source, base), source
 
 
 def _convert(option: Option, value: Any, source: str, base: Path) -> Any:

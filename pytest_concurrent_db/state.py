@@ -96,16 +96,13 @@ class PluginState:
         hook = self.config.hook.pytest_concurrent_db_populate_template
         impls = hook.get_hookimpls()
         if impls:
-            engine = self.get_engine()
-            sources = "".join(callable_populator("hook", impl.function).key for impl in impls)
+            backend = self.get_engine().backend.name
             out.append(
                 callable_populator(
                     "pytest_concurrent_db_populate_template",
                     impls[0].function,
-                    call=lambda connection: hook(
-                        config=self.config, connection=connection, backend=engine.backend.name
-                    ),
-                    extra_key=sources,
+                    call=lambda connection: hook(config=self.config, connection=connection, backend=backend),
+                    also=[impl.function for impl in impls[1:]],
                 )
             )
         if fixture_populate is not None:

@@ -118,10 +118,6 @@ def project(backend_url: DatabaseURL, pytester: pytest.Pytester) -> Iterator[Pro
     proj.drop_all()
 
 
-def outcome_line(result: pytest.RunResult) -> str:
-    return result.stdout.lines[-1] if result.stdout.lines else ""
-
-
 def summary(result: pytest.RunResult) -> str:
     text = result.stdout.str()
     match = re.search(r"=+ concurrent-db =+\n(.*?)(?:\n=|$)", text, re.DOTALL)
