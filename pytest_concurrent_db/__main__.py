@@ -62,6 +62,8 @@ def _table(entries: Sequence[Entry]) -> str:
             status = "kept"
         if e.kind == "template" and e.state == "ready":
             status = "in use" if e.live else "unused"
+        if e.kind == "spare" and e.state == "ready":
+            status = "being taken" if e.live else "waiting"  # for the next run's worker of that id
         rows.append((e.name, e.kind, e.run_id, e.worker_id or "-", status, _age(e.age_seconds), _size(e.size_bytes)))
     widths = [max(len(row[i]) for row in rows) for i in range(len(rows[0]))]
     return "\n".join("  ".join(cell.ljust(w) for cell, w in zip(row, widths)).rstrip() for row in rows)

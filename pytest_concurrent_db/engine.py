@@ -19,6 +19,7 @@ import json
 import os
 import socket
 import tempfile
+import threading
 import time
 from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
@@ -30,8 +31,9 @@ from filelock import FileLock, Timeout
 
 from . import __version__
 from .backends import Backend, Marker, connect_url, load_backend
+from .backends.base import Kind
 from .errors import ConcurrentDBError, ConfigError, LockTimeoutError, NotOursError, PrivilegeError
-from .naming import PREFIX, clone_name, sanitize, template_name
+from .naming import PREFIX, clone_name, sanitize, spare_name, template_name
 from .url import DatabaseURL
 
 __all__ = [
@@ -119,6 +121,12 @@ class Stats:
     pruned: list[str] = field(default_factory=list)
     check_seconds: float = 0.0
     method: str = ""
+    #: the clone was a spare made by an earlier run (no copy in this run)
+    spare_claimed: bool = False
+    #: spares made in the background for the next run, how long that took, what failed
+    spares_made: int = 0
+    spare_seconds: float = 0.0
+    spare_error: str = ""
     backend: str = ""
     url: str = ""
     checks: int = 0
@@ -145,6 +153,7 @@ class Engine:
         template_dir: Path | None = None,
         clone_dir: Path | None = None,
         base: str | None = None,
+        spares: int = 0,
     ) -> None:
         self.url = url
         self.run_id = run_id
@@ -156,15 +165,21 @@ class Engine:
         self.base = base or _base_name(url)
         label = str(url) if url.backend != "sqlite" or url.database else "sqlite (default: pytest cache + temp dirs)"
         self.stats = Stats(backend=url.backend, url=label)
+        self._backend_options: dict[str, Any] = {
+            "template_dir": template_dir,
+            "clone_dir": clone_dir,
+            "strategy": None if clone_strategy in (None, "auto") else clone_strategy,
+        }
         self.backend: Backend = load_backend(
-            url,
-            template_dir=template_dir,
-            clone_dir=clone_dir,
-            application_name=f"pytest-concurrent-db {run_id} {worker_id}",
-            strategy=None if clone_strategy in (None, "auto") else clone_strategy,
+            url, application_name=f"pytest-concurrent-db {run_id} {worker_id}", **self._backend_options
         )
+        # SQLite clones are files copied in milliseconds into a per-run directory: no spares
+        self.spares = spares if self.backend.name != "sqlite" else 0
+        self._refill: threading.Thread | None = None
         self.template: str | None = None
         self.template_fingerprint = ""
+        #: which build of the template this is (a rebuild under the same name is another)
+        self.template_build = ""
         self.database: ConcurrentDatabase | None = None
 
     # -- checks ---------------------------------------------------------------------
@@ -197,15 +212,19 @@ class Engine:
         name = template_name(self.base, fingerprint)
         self.template = self.stats.template = name
         self.template_fingerprint = fingerprint
-        if self._usable(self.backend.get_marker(name), fingerprint, rebuild):
+        marker = self.backend.get_marker(name)
+        if self._usable(marker, fingerprint, rebuild):
+            self.template_build = _build_id(marker)
             return name
         started = time.perf_counter()
         with self._template_lock(name):
             self.stats.lock_wait_seconds = time.perf_counter() - started
-            if self._usable(self.backend.get_marker(name), fingerprint, rebuild):
+            marker = self.backend.get_marker(name)
+            if self._usable(marker, fingerprint, rebuild):
+                self.template_build = _build_id(marker)
                 return name
             begun = time.perf_counter()
-            self._build(name, fingerprint, populators)
+            self.template_build = self._build(name, fingerprint, populators)
             self.stats.template_built = True
             self.stats.template_seconds = time.perf_counter() - begun
             self.stats.pruned.extend(e.name for e in self.prune(keep_templates=self.keep_templates))
@@ -218,7 +237,8 @@ class Engine:
             return False
         return not rebuild or marker.run_id == self.run_id
 
-    def _build(self, name: str, fingerprint: str, populators: Sequence[Populator]) -> None:
+    def _build(self, name: str, fingerprint: str, populators: Sequence[Populator]) -> str:
+        """Build template ``name``; returns its build id."""
         if self.backend.exists(name):  # stale, unfinished or forced rebuild
             self.backend.drop(name)
         marker = Marker(
@@ -231,7 +251,7 @@ class Engine:
             host=socket.gethostname(),
             pid=os.getpid(),
         )
-        self.backend.create(name, marker)
+        self._with_intent(self.backend, name, marker, lambda: self.backend.create(name, marker))
         try:
             connection = self.backend.connect(name)
             try:
@@ -241,11 +261,13 @@ class Engine:
                 connection.commit()
             finally:
                 connection.close()
-            self.backend.set_marker(name, Marker(**{**marker.__dict__, "state": "ready", "created": time.time()}))
+            ready = Marker(**{**marker.__dict__, "state": "ready", "created": time.time()})
+            self.backend.set_marker(name, ready)
         except BaseException:
             with contextlib.suppress(Exception):  # the original error matters more; leftovers are reaped
                 self.backend.drop(name)
             raise
+        return _build_id(ready)
 
     @contextmanager
     def _template_lock(self, name: str) -> Iterator[None]:
@@ -281,44 +303,22 @@ class Engine:
             file_lock.release()
 
     # -- clones ---------------------------------------------------------------------------
-    def create_clone(self) -> ConcurrentDatabase:
-        """Clone the template for this worker (call :meth:`ensure_template` first)."""
+    def create_clone(self, *, refill: bool = True) -> ConcurrentDatabase:
+        """This worker's clone of the template (call :meth:`ensure_template` first): a spare
+        made for this worker id by an earlier run if one is ready, else a new copy.  With
+        spares enabled (and ``refill``), a spare for the next run is then made in the
+        background."""
         if self.template is None:
             raise ConcurrentDBError("concurrent-db: internal error: create_clone() before ensure_template()")
-        name = clone_name(self.base, self.run_id, self.worker_id)
-        if not self.backend.try_lock(f"clone:{name}"):
-            raise ConcurrentDBError(
-                f"concurrent-db: database {name} is in use by another live process (its lock is held); "
-                f"this should not happen with unique run ids: stop the other run and retry"
-            )
         started = time.perf_counter()
-        if self.backend.exists(name):  # left by an earlier process of this worker id
-            self.backend.drop(name)
-        marker = Marker(
-            kind="clone",
-            run_id=self.run_id,
-            worker_id=self.worker_id,
-            template=self.template,
-            host=socket.gethostname(),
-            pid=os.getpid(),
-        )
-        try:
-            try:
-                self.backend.clone(self.template, name, marker)
-            except Exception:
-                if self.backend.exists(self.template):
-                    raise
-                # pruned or rebuilt by another run between our check and our clone: once more
-                populators, extra = self._inputs
-                self.ensure_template(populators, extra=extra)
-                marker = Marker(**{**marker.__dict__, "template": self.template})
-                self.backend.clone(self.template, name, marker)
-        except BaseException:
-            self.backend.release_lock(f"clone:{name}")
-            raise
+        name = self._claim_spare()
+        self.stats.spare_claimed = name is not None
+        if name is None:
+            name = self._new_clone()
         self.stats.clone = name
         self.stats.clone_seconds = time.perf_counter() - started
-        self.stats.method = _clone_method(self.backend)
+        self.stats.method = "spare made by an earlier run" if self.stats.spare_claimed else _clone_method(self.backend)
+        assert self.template is not None
         self.database = ConcurrentDatabase(
             url=self.backend.url_for(name),
             name=name,
@@ -327,7 +327,208 @@ class Engine:
             template_name=self.template,
             run_id=self.run_id,
         )
+        if refill:
+            self._start_refill(self.template, self.template_build)
         return self.database
+
+    def _new_clone(self) -> str:
+        assert self.template is not None
+        name = clone_name(self.base, self.run_id, self.worker_id)
+        if not self.backend.try_lock(f"clone:{name}"):
+            raise ConcurrentDBError(
+                f"concurrent-db: database {name} is in use by another live process (its lock is held); "
+                f"this should not happen with unique run ids: stop the other run and retry"
+            )
+        if self.backend.exists(name):  # left by an earlier process of this worker id
+            self.backend.drop(name)
+        marker = self._marker("clone")
+        try:
+            try:
+                self._clone_with_intent(self.backend, self.template, name, marker)
+            except Exception:
+                if self.backend.exists(self.template):
+                    raise
+                # pruned or rebuilt by another run between our check and our clone: once more
+                populators, extra = self._inputs
+                self.ensure_template(populators, extra=extra)
+                marker = self._marker("clone")
+                self._clone_with_intent(self.backend, self.template, name, marker)
+        except BaseException:
+            self.backend.release_lock(f"clone:{name}")
+            raise
+        return name
+
+    # -- intents: a database the server made for a process that died before marking it ---
+    @property
+    def _intents(self) -> tuple[Path, str]:
+        """The machine-wide intent directory, and the file-name prefix of this server's intents."""
+        server = f"{self.url.backend}://{self.url.host or ''}:{self.url.port or ''}"
+        return self.lock_dir / "intents", hashlib.sha256(server.encode()).hexdigest()[:12] + "-"
+
+    def _with_intent(self, backend: Backend, name: str, marker: Marker, create: Callable[[], None]) -> None:
+        """Run ``create`` (which makes ``name`` and marks it), the marker first recorded in an
+        intent file when the backend can only mark a database after the server has made it
+        (PostgreSQL): if this process dies in between, :meth:`adopt_orphans` marks the database
+        so that the usual reaping drops it."""
+        if getattr(backend, "adopt", None) is None:
+            create()
+            return
+        directory, server = self._intents
+        directory.mkdir(parents=True, exist_ok=True)
+        intent = directory / f"{server}{name}.json"
+        intent.write_text(Marker(**{**marker.__dict__, "state": "building"}).encode(), encoding="utf-8")
+        try:
+            create()
+        finally:
+            intent.unlink(missing_ok=True)
+
+    def _clone_with_intent(self, backend: Backend, template: str, name: str, marker: Marker) -> None:
+        self._with_intent(backend, name, marker, lambda: backend.clone(template, name, marker))
+
+    def adopt_orphans(self, wait: float = 0.0) -> list[str]:
+        """Mark the databases of this server whose creator (its lock free) died before marking
+        them, from the intents recorded on this machine; returns their names.  They are then
+        reaped as unfinished.  ``wait``: how long to wait for the lock of this run's own
+        intents (a worker killed a moment ago)."""
+        adopt = getattr(self.backend, "adopt", None)
+        directory, server = self._intents
+        if adopt is None or not directory.is_dir():
+            return []
+        adopted = []
+        for intent in sorted(directory.glob(f"{server}{PREFIX}*.json")):
+            name = intent.name[len(server) : -len(".json")]
+            marker = Marker.decode(intent.read_text(encoding="utf-8")) if intent.is_file() else None
+            if marker is None:
+                continue
+            # the lock is free once the creator's session has ended, and with it its CREATE DATABASE
+            key = _lock_key(marker.kind, name)
+            if not self._take(key, wait if marker.run_id == self.run_id else 0.0):
+                continue  # its creator is alive
+            try:
+                if adopt(name, marker):
+                    adopted.append(name)
+                intent.unlink(missing_ok=True)
+            except ConcurrentDBError:
+                pass  # the server is busy with it; the next run looks again
+            finally:
+                self.backend.release_lock(key)
+        return adopted
+
+    def _marker(self, kind: Kind, template: str | None = None, **changes: Any) -> Marker:
+        return Marker(
+            kind=kind,
+            run_id=self.run_id,
+            worker_id=self.worker_id,
+            template=template or self.template or "",
+            host=socket.gethostname(),
+            pid=os.getpid(),
+            **changes,
+        )
+
+    # -- spares: pristine clones made during one run for the same worker id of the next ----
+    def _is_spare(self, marker: Marker | None, template: str, build: str, *, ready: bool = False) -> bool:
+        """A spare (``ready`` ones only) of this build of ``template`` (its ``fingerprint``
+        field holds the build id) for this worker id."""
+        return (
+            marker is not None
+            and marker.kind == "spare"
+            and (marker.state == "ready" or not ready)
+            and marker.template == template
+            and marker.fingerprint == build
+            and marker.worker_id == self.worker_id
+        )
+
+    def _claim_spare(self) -> str | None:
+        """Take over a ready spare of the current template made for this worker id: its lock
+        is kept (as a clone's) and its marker says it is this worker's clone now."""
+        if self.spares <= 0 or self.template is None:
+            return None
+        for info in self.backend.list_databases(self.own_prefix, sizes=False):
+            if not self._is_spare(info.marker, self.template, self.template_build, ready=True):
+                continue
+            key = f"clone:{info.name}"
+            if not self.backend.try_lock(key):
+                continue  # still being made, or taken by a worker of a concurrent run
+            try:
+                marker = self.backend.get_marker(info.name)  # again, under the lock
+                if self._is_spare(marker, self.template, self.template_build, ready=True):
+                    self.backend.set_marker(info.name, self._marker("clone"))
+                    return info.name
+            except ConcurrentDBError:
+                pass  # gone meanwhile: make a clone instead
+            self.backend.release_lock(key)
+        return None
+
+    def _start_refill(self, template: str, build: str) -> None:
+        """Make this worker id's spares of ``template`` for the next run, in a thread (with
+        its own server connection) that runs while the tests do; joined at teardown."""
+        if self.spares <= 0 or self._refill is not None:
+            return
+        self._refill = threading.Thread(
+            target=self._refill_spares, args=(template, build), name=f"concurrent-db spares {self.worker_id}"
+        )
+        self._refill.start()
+
+    def _refill_spares(self, template: str, build: str) -> None:
+        try:
+            self.make_spares(template, build)
+        except Exception as exc:  # a spare is an optimisation: the run goes on without it
+            self.stats.spare_error = str(exc) or type(exc).__name__
+
+    def make_spares(self, template: str | None = None, build: str | None = None) -> int:
+        """Make spares of the current template (call :meth:`ensure_template` first) for this
+        worker id until :attr:`spares` are ready, on a connection of their own; returns how
+        many were made.  :meth:`create_clone` runs this in a thread."""
+        template = template or self.template
+        build = self.template_build if build is None else build
+        if template is None or self.spares <= 0:
+            return 0
+        started = time.perf_counter()
+        made = 0
+        backend = load_backend(
+            self.url,
+            application_name=f"pytest-concurrent-db {self.run_id} {self.worker_id} spares",
+            **self._backend_options,
+        )
+        try:
+            while True:
+                have = [
+                    i
+                    for i in backend.list_databases(self.own_prefix, sizes=False)
+                    if self._is_spare(i.marker, template, build)
+                ]
+                if len(have) >= self.spares:
+                    return made
+                self._make_spare(backend, template, build)
+                made += 1
+                self.stats.spares_made += 1
+        finally:
+            with contextlib.suppress(Exception):
+                backend.close()
+            self.stats.spare_seconds += time.perf_counter() - started
+
+    def _make_spare(self, backend: Backend, template: str, build: str) -> None:
+        """One spare: ``building`` while it is copied (reaped if we die), ``ready`` after."""
+        name = spare_name(self.base, self.worker_id)
+        key = f"clone:{name}"
+        if not backend.try_lock(key):
+            raise ConcurrentDBError(f"concurrent-db: the lock of new spare {name} is held by another process")
+        try:
+            marker = self._marker("spare", template, state="building", fingerprint=build)
+            self._clone_with_intent(backend, template, name, marker)
+            try:
+                backend.set_marker(name, Marker(**{**marker.__dict__, "state": "ready", "created": time.time()}))
+            except BaseException:
+                with contextlib.suppress(Exception):
+                    backend.drop(name)
+                raise
+        finally:
+            backend.release_lock(key)
+
+    def wait_for_spares(self) -> None:
+        """Wait until the spares of this process are made (they are left for the next run)."""
+        if self._refill is not None:
+            self._refill.join()
 
     def keep_clone(self) -> None:
         """Mark this worker's clone as kept (``--concurrent-db-keep``): no later run reaps it;
@@ -339,6 +540,7 @@ class Engine:
             self.backend.set_marker(self.database.name, Marker(**{**marker.__dict__, "state": "kept"}))
         self.backend.release_lock(f"clone:{self.database.name}")
         self.database = None
+        self.wait_for_spares()
 
     def drop_clone(self) -> None:
         """Drop this worker's clone and release its lock."""
@@ -353,33 +555,56 @@ class Engine:
             self.backend.release_lock(f"clone:{name}")
             self.stats.drop_seconds = time.perf_counter() - started
             self.database = None
+            self.wait_for_spares()
 
     # -- cleanup of others ---------------------------------------------------------------
     def sweep_run(self) -> list[str]:
-        """Drop clones of this run whose owner is gone (crashed workers)."""
+        """Drop clones (and unfinished spares) of this run whose owner is gone (crashed workers)."""
         own = self.database.name if self.database is not None else None
         # a worker killed a moment ago may still hold its server session for a little while
+        self.adopt_orphans(wait=3.0)
         return self._drop_dead(
-            lambda m: m.kind == "clone" and m.run_id == self.run_id and m.state != "kept", skip=own, wait=3.0
+            lambda m: (
+                m.run_id == self.run_id
+                and ((m.kind == "clone" and m.state != "kept") or (m.kind == "spare" and m.state == "building"))
+            ),
+            skip=own,
+            wait=3.0,
         )
 
     def reap_dead(self) -> list[str]:
-        """Drop clones of other runs whose owner is gone, and unfinished templates."""
+        """Drop clones of other runs whose owner is gone, unfinished templates, and spares
+        that are unfinished or whose template is no longer a ready one."""
+        self.adopt_orphans()
+        infos = self.backend.list_databases(PREFIX, sizes=False)
+        builds = {
+            (i.name, _build_id(i.marker))
+            for i in infos
+            if i.marker and i.marker.kind == "template" and i.marker.state == "ready"
+        }
         reaped = self._drop_dead(
             lambda m: (
                 (m.kind == "clone" and m.run_id != self.run_id and m.state != "kept")
                 or (m.kind == "template" and m.state != "ready")
-            )
+                or (m.kind == "spare" and (m.state != "ready" or (m.template, m.fingerprint) not in builds))
+            ),
+            infos=infos,
         )
         self.stats.reaped.extend(reaped)
         return reaped
 
-    def _drop_dead(self, wanted: Callable[[Marker], bool], skip: str | None = None, wait: float = 0.0) -> list[str]:
+    def _drop_dead(
+        self,
+        wanted: Callable[[Marker], bool],
+        skip: str | None = None,
+        wait: float = 0.0,
+        infos: list[Any] | None = None,
+    ) -> list[str]:
         dropped = []
-        for info in self.backend.list_databases(PREFIX):
+        for info in self.backend.list_databases(PREFIX, sizes=False) if infos is None else infos:
             if info.marker is None or info.name == skip or not wanted(info.marker):
                 continue
-            if self._drop_if_dead(info.name, f"{info.marker.kind}:{info.name}", wait):
+            if self._drop_if_dead(info.name, _lock_key(info.marker.kind, info.name), wait):
                 dropped.append(info.name)
         return dropped
 
@@ -408,7 +633,7 @@ class Engine:
         live_clones: dict[str, bool] = {}
         for info in infos:
             assert info.marker is not None
-            if info.marker.kind == "clone":
+            if info.marker.kind in ("clone", "spare"):  # a spare is live while it is being made
                 live_clones[info.name] = info.name in own or self._is_live(f"clone:{info.name}")
         used = {i.marker.template for i in infos if i.marker and i.marker.kind == "clone" and live_clones[i.name]}
         entries = []
@@ -416,7 +641,7 @@ class Engine:
         for info in infos:
             marker = info.marker
             assert marker is not None
-            if marker.kind == "clone":
+            if marker.kind in ("clone", "spare"):
                 live = live_clones[info.name]
             elif marker.state != "ready":
                 live = self._is_live(f"template:{info.name}")
@@ -456,7 +681,9 @@ class Engine:
         """
         keep = self.keep_templates if keep_templates is None else keep_templates
         entries = self.inventory(prefix)
-        doomed = [e for e in entries if everything and not e.live and (e.kind == "clone" or e.state != "ready")]
+        doomed = [
+            e for e in entries if everything and not e.live and (e.kind in ("clone", "spare") or e.state != "ready")
+        ]
         by_base: dict[str, list[Entry]] = {}
         for entry in entries:
             if entry.kind != "template" or entry.state != "ready" or entry.name == self.template:
@@ -467,9 +694,12 @@ class Engine:
         for group in by_base.values():
             group.sort(key=lambda e: e.age_seconds)
             doomed.extend(e for e in group[keep:] if not e.live)
+        gone = {e.name for e in doomed if e.kind == "template"}  # their spares go with them
+        doomed.extend(e for e in entries if e.kind == "spare" and e.template in gone and not e.live)
+        doomed = list({e.name: e for e in doomed}.values())
         if dry_run:
             return doomed
-        return [e for e in doomed if self._drop_if_dead(e.name, f"{e.kind}:{e.name}")]
+        return [e for e in doomed if self._drop_if_dead(e.name, _lock_key(e.kind, e.name))]
 
     def _take(self, key: str, wait: float) -> bool:
         if wait <= 0:
@@ -487,6 +717,7 @@ class Engine:
         return True
 
     def close(self) -> None:
+        self.wait_for_spares()
         self.backend.close()
 
 
@@ -504,6 +735,17 @@ class Entry:
     live: bool
     age_seconds: float
     size_bytes: int | None
+
+
+def _build_id(marker: Marker | None) -> str:
+    """One build of a template: who built it, and when."""
+    return "" if marker is None else f"{marker.run_id}@{marker.created!r}"
+
+
+def _lock_key(kind: str, name: str) -> str:
+    """The liveness lock of one of our databases: a spare's is the clone lock it keeps when
+    a worker takes it over."""
+    return f"{'template' if kind == 'template' else 'clone'}:{name}"
 
 
 def _source(func: Callable[..., Any]) -> str:

@@ -20,6 +20,7 @@ __all__ = [
     "lock_key",
     "new_run_id",
     "sanitize",
+    "spare_name",
     "template_name",
 ]
 
@@ -63,6 +64,11 @@ def template_name(base: str, fingerprint: str) -> str:
 def clone_name(base: str, run_id: str, worker_id: str) -> str:
     """``cdb_<base>_<run>_<worker>``, e.g. ``cdb_app_1f2e3d4c_gw0``."""
     return fit(f"{PREFIX}{sanitize(base)}_{sanitize(run_id, 16)}_{sanitize(worker_id, 16)}")
+
+
+def spare_name(base: str, worker_id: str) -> str:
+    """``cdb_<base>_sp<token>_<worker>``: a pristine clone made for the next run's worker."""
+    return fit(f"{PREFIX}{sanitize(base)}_sp{secrets.token_hex(3)}_{sanitize(worker_id, 16)}")
 
 
 def lock_key(name: str) -> int:

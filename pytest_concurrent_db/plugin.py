@@ -107,12 +107,19 @@ def pytest_configure(config: pytest.Config) -> None:
             check_url_for_xdist(settings.url, _runs_xdist(config))
         except ConfigError as exc:
             raise pytest.UsageError(str(exc)) from None
-    if config.pluginmanager.hasplugin("xdist"):
+    if _has_plugin(config, "xdist", "xdist.plugin"):
         config.pluginmanager.register(_XdistHooks(state), "concurrent_db_xdist")
-    if settings.enabled and config.pluginmanager.hasplugin("django"):  # after pytest-django: our fixtures win
+    if settings.enabled and _has_plugin(config, "django", "pytest_django.plugin"):  # after it: our fixtures win
         from . import django as django_integration
 
         config.pluginmanager.register(django_integration, "concurrent_db_django")
+
+
+def _has_plugin(config: pytest.Config, entry_point: str, module: str) -> bool:
+    """Whether a plugin is active, loaded by its entry point or by ``-p <module>`` (as with
+    ``PYTEST_DISABLE_PLUGIN_AUTOLOAD``)."""
+    manager = config.pluginmanager
+    return manager.hasplugin(entry_point) or manager.hasplugin(module)
 
 
 class _XdistHooks:
@@ -201,11 +208,23 @@ def pytest_terminal_summary(terminalreporter: Any, config: pytest.Config) -> Non
             how = "not ready (setup failed)"
         waited = max(r.get("lock_wait_seconds", 0.0) for r in group)
         tr.write_line(f"template: {template} {how}; longest lock wait {waited:.2f}s")
+        ordered = sorted(group, key=_worker_order)
         clones = ", ".join(
-            f"{r['worker_id']} {r['clone_seconds']:.3f}s" for r in sorted(group, key=_worker_order) if r.get("clone")
+            f"{r['worker_id']} {r['clone_seconds']:.3f}s{' (spare)' if r.get('spare_claimed') else ''}"
+            for r in ordered
+            if r.get("clone")
         )
-        method = next((r.get("method") for r in group if r.get("method")), "")
+        copied = [r["method"] for r in ordered if r.get("method") and not r.get("spare_claimed")]
+        method = (copied or [r["method"] for r in ordered if r.get("method")] or [""])[0]
         tr.write_line(f"clones ({method}): {clones}" if method else f"clones: {clones}")
+        made = [r for r in ordered if r.get("spares_made")]
+        if made:
+            each = ", ".join(f"{r['worker_id']} {r['spare_seconds']:.2f}s" for r in made)
+            total = sum(r["spares_made"] for r in made)
+            tr.write_line(f"spares for the next run: {total} made in the background while the tests ran ({each})")
+        for r in ordered:
+            if r.get("spare_error"):
+                tr.write_line(f"spares: {r['worker_id']} could not make one: {r['spare_error']}", yellow=True)
     if reports:
         checks = sum(r.get("checks", 0) for r in reports)
         failures = sum(r.get("failures", 0) for r in reports)

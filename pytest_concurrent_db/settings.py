@@ -34,7 +34,7 @@ class Option:
     """One setting: its names in every source, its type, default and help."""
 
     name: str
-    kind: str  # "bool" | "str" | "int" | "float" | "paths" | "choice"
+    kind: str  # "bool" | "str" | "int" | "float" | "paths" | "choice" | "spares" (int or "auto")
     default: Any
     help: str
     choices: tuple[str, ...] = ()
@@ -86,8 +86,16 @@ OPTIONS: tuple[Option, ...] = (
         "clone_strategy",
         "choice",
         "auto",
-        "PostgreSQL 15+ clone strategy: auto (WAL_LOG up to 512 MB templates, FILE_COPY above), wal_log or file_copy",
+        "PostgreSQL 15+ clone strategy: auto (WAL_LOG up to 256 MB templates, FILE_COPY above), wal_log or file_copy",
         choices=("auto", "wal_log", "file_copy"),
+    ),
+    Option(
+        "spares",
+        "spares",
+        "auto",
+        "PostgreSQL/MySQL: pristine clones per worker made in the background while the tests run, "
+        "so that the next run starts without copying: auto (1), a number, or 0 for none",
+        metavar="N|auto",
     ),
     Option(
         "isolation",
@@ -113,12 +121,18 @@ class Settings:
     lock_timeout: float = 300.0
     keep_templates: int = 2
     clone_strategy: str = "auto"
+    spares: int | str = "auto"
     isolation: str = "default"
     sources: Mapping[str, str] = field(default_factory=dict, compare=False)
 
     @property
     def backend(self) -> str:
         return self.url.backend if self.url is not None else "sqlite"
+
+    @property
+    def spares_per_worker(self) -> int:
+        """``spares`` as a number (``auto``: one per worker; the engine ignores it for SQLite)."""
+        return 1 if self.spares == "auto" else int(self.spares)
 
     def describe(self) -> list[str]:
         """Report-header lines: each value and its source (passwords hidden)."""
@@ -204,14 +218,17 @@ def _convert(option: Option, value: Any, source: str, base: Path) -> Any:
                 f"concurrent-db: {source} must be a positive number of seconds, not {value!r}; fix {option.names()}"
             )
         return number
-    if option.kind == "int":
+    if option.kind == "spares" and str(value).strip().lower() == "auto":
+        return "auto"
+    if option.kind in ("int", "spares"):
         try:
             count = int(value)
         except ValueError:
             count = -1
         if count < 0:
             raise ConfigError(
-                f"concurrent-db: {source} must be a whole number >= 0, not {value!r}; fix {option.names()}"
+                f"concurrent-db: {source} must be a whole number >= 0{' or auto' if option.kind == 'spares' else ''}, "
+                f"not {value!r}; fix {option.names()}"
             )
         return count
     if option.kind == "choice":

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import os
 from collections.abc import Iterator
+from typing import Any
 
 import pytest
 
@@ -22,6 +23,17 @@ MYSQL_URL = os.environ.get("CONCURRENT_DB_TEST_MYSQL_URL", "mysql://root@127.0.0
 REQUIRE_BACKENDS = os.environ.get("CONCURRENT_DB_REQUIRE_BACKENDS", "") not in ("", "0")
 
 _probe_cache: dict[str, str | None] = {}
+
+
+def drop_ours(backend: Any, prefix: str) -> None:
+    """Drop every database carrying our marker whose name starts with ``prefix``, then close
+    ``backend`` (a test's cleanup: unmarked databases are never ours to drop)."""
+    try:
+        for info in backend.list_databases(prefix):
+            if info.marker is not None:
+                backend.drop(info.name)
+    finally:
+        backend.close()
 
 
 def _probe(url: str) -> str | None:

@@ -22,7 +22,7 @@ __all__ = ["MARKER_TAG", "Backend", "DatabaseInfo", "Marker"]
 
 MARKER_TAG = "pytest-concurrent-db:v1 "
 
-Kind = Literal["template", "clone"]
+Kind = Literal["template", "clone", "spare"]
 State = Literal["building", "ready", "kept"]
 
 
@@ -56,7 +56,7 @@ class Marker:
             return None
         texts = (marker.run_id, marker.worker_id, marker.template, marker.fingerprint, marker.host)
         if (
-            marker.kind not in ("template", "clone")
+            marker.kind not in ("template", "clone", "spare")
             or marker.state not in ("building", "ready", "kept")
             or not all(isinstance(t, str) for t in texts)
             or not isinstance(marker.created, (int, float))
@@ -105,8 +105,9 @@ class Backend(Protocol):
 
     def exists(self, name: str) -> bool: ...
 
-    def list_databases(self, prefix: str) -> list[DatabaseInfo]:
-        """Every database whose name starts with ``prefix``, with its marker and size."""
+    def list_databases(self, prefix: str, *, sizes: bool = True) -> list[DatabaseInfo]:
+        """Every database whose name starts with ``prefix``, with its marker and (if ``sizes``,
+        which can cost a scan of the server's files) its size."""
         ...
 
     def create(self, name: str, marker: Marker) -> None:

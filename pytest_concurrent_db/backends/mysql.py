@@ -337,7 +337,7 @@ class MySQLBackend:
         rows = self._query("SELECT SCHEMA_NAME FROM information_schema.SCHEMATA WHERE SCHEMA_NAME = %s", (name,))
         return any(row[0] == name for row in rows)  # the column compares case-insensitively
 
-    def list_databases(self, prefix: str) -> list[DatabaseInfo]:
+    def list_databases(self, prefix: str, *, sizes: bool = True) -> list[DatabaseInfo]:
         names = [
             str(row[0])
             for row in self._query("SELECT SCHEMA_NAME FROM information_schema.SCHEMATA")
@@ -346,7 +346,9 @@ class MySQLBackend:
         if not names:
             return []
         markers = self._registry_rows()
-        sizes: dict[str, int] = {}
+        if not sizes:  # information_schema.TABLES opens every table of every database listed
+            return [DatabaseInfo(n, Marker.decode(markers.get(n))) for n in sorted(names)]
+        found: dict[str, int] = {}
         placeholders = ", ".join(["%s"] * len(names))
         for schema, size in self._query(
             "SELECT TABLE_SCHEMA, SUM(DATA_LENGTH + INDEX_LENGTH) FROM information_schema.TABLES"
@@ -354,8 +356,8 @@ class MySQLBackend:
             names,
         ):
             if schema in names:
-                sizes[str(schema)] = int(size or 0)
-        return [DatabaseInfo(n, Marker.decode(markers.get(n)), sizes.get(n, 0)) for n in sorted(names)]
+                found[str(schema)] = int(size or 0)
+        return [DatabaseInfo(n, Marker.decode(markers.get(n)), found.get(n, 0)) for n in sorted(names)]
 
     # -- create, mark, clone, drop -------------------------------------------------
     def create(self, name: str, marker: Marker) -> None:

@@ -43,7 +43,11 @@ __all__ = ["PostgreSQLBackend"]
 _FIX_URL = "fix --concurrent-db-url (ini concurrent_db_url, env CONCURRENT_DB_URL)"
 _STRATEGIES = ("wal_log", "file_copy")
 #: With ``--concurrent-db-clone-strategy auto``, templates larger than this are cloned with FILE_COPY.
-FILE_COPY_ABOVE = 512 * 1024 * 1024
+#: Measured (bench/results/strategy-threshold.md): WAL_LOG writes every block to the WAL (3-5 ms/MB),
+#: FILE_COPY syncs every file (slower per relation: schema-heavy templates stay faster on WAL_LOG even
+#: at 5,000 relations) and forces two checkpoints that flush other sessions' buffers (worse under load).
+#: FILE_COPY won from 64 MB on a quiet server and tied with WAL_LOG near 512 MB under load: 256 MB.
+FILE_COPY_ABOVE = 256 * 1024 * 1024
 #: Settings whose list elements are identifiers: ``ALTER DATABASE SET`` needs one literal each.
 _LIST_QUOTE = frozenset({"search_path", "temp_tablespaces", "local_preload_libraries", "session_preload_libraries"})
 _LIST_ITEM = re.compile(r'"(?:[^"]|"")*"|[^,\s"]+')
@@ -139,6 +143,12 @@ class PostgreSQLBackend:
                 conn.close()  # postgres exists: the first failure was not "no such database"
                 break
             self._maintenance_db = dbname
+            if conn.info.server_version >= 140000:
+                # If this process dies during a CREATE DATABASE, the server would finish the copy
+                # and leave a database without our marker (which we never drop); checking for the
+                # client makes it abort and remove the copy instead.
+                with contextlib.suppress(psycopg.Error):
+                    conn.execute("SET client_connection_check_interval = 100")
             return conn
         assert first is not None
         raise self._unavailable(first) from None
@@ -249,9 +259,11 @@ class PostgreSQLBackend:
     def exists(self, name: str) -> bool:
         return self._row(name) is not None
 
-    def list_databases(self, prefix: str) -> list[DatabaseInfo]:
+    def list_databases(self, prefix: str, *, sizes: bool = True) -> list[DatabaseInfo]:
         pattern = prefix.replace("\\", "\\\\").replace("%", "\\%").replace("_", "\\_") + "%"
         size = "CASE WHEN has_database_privilege(d.oid, 'CONNECT') THEN pg_database_size(d.oid) END"
+        if not sizes:  # pg_database_size() walks every file of every database listed
+            size = "NULL::bigint"
         query = (
             "SELECT d.datname, shobj_description(d.oid, 'pg_database'), {} FROM pg_database d "
             "WHERE d.datname LIKE %s ESCAPE '\\' ORDER BY d.datname"
@@ -346,6 +358,16 @@ class PostgreSQLBackend:
             self._exec(
                 sql.SQL("ALTER DATABASE {} WITH IS_TEMPLATE true ALLOW_CONNECTIONS false").format(sql.Identifier(name))
             )
+
+    def adopt(self, name: str, marker: Marker) -> bool:
+        """Mark ``name`` if it exists without any marker: a copy whose creator died after the
+        server made it and before the marker was written (the engine knows it from the intent
+        it recorded before the ``CREATE DATABASE``).  True if it was marked."""
+        row = self._row(name)
+        if row is None or row[1]:
+            return False
+        self._comment(name, marker)
+        return True
 
     def clone(self, template: str, name: str, marker: Marker) -> None:
         self._check_name(name)

@@ -122,7 +122,7 @@ class SQLiteBackend:
     def exists(self, name: str) -> bool:
         return self._find(name) is not None or name in self._anchors
 
-    def list_databases(self, prefix: str) -> list[DatabaseInfo]:
+    def list_databases(self, prefix: str, *, sizes: bool = True) -> list[DatabaseInfo]:  # sizes: a stat
         found: dict[str, DatabaseInfo] = {}
         for directory in (self.template_dir, self.clone_dir):
             if not directory.is_dir():

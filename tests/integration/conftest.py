@@ -8,11 +8,13 @@ import textwrap
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import pytest
 
 from pytest_concurrent_db.backends import load_backend
 from pytest_concurrent_db.url import DatabaseURL
+from tests.conftest import drop_ours
 
 SCHEMAS = {
     "sqlite": """
@@ -49,6 +51,8 @@ SCHEMAS = {
     """,
 }
 PARAM = {"sqlite": "?", "postgresql": "%s", "mysql": "%s"}
+#: the shape of a spare's name: cdb_<base>_sp<6 hex>_<worker>
+SPARE = re.compile(r"_sp[0-9a-f]{6}_[a-z0-9]+$")
 
 
 @dataclass
@@ -85,7 +89,16 @@ class Project:
             backend.close()
 
     def clones(self) -> list[str]:
-        return [n for n in self.server_names() if "_tpl_" not in n]
+        """Worker databases left (not templates, not spares made for the next run)."""
+        return [n for n in self.server_names() if "_tpl_" not in n and not SPARE.search(n)]
+
+    def spares(self) -> dict[str, Any]:
+        """Spares on the server: name -> marker."""
+        backend = self._backend()
+        try:
+            return {i.name: i.marker for i in backend.list_databases(f"cdb_{self.base}_") if SPARE.search(i.name)}
+        finally:
+            backend.close()
 
     def _backend(self):  # type: ignore[no-untyped-def]
         root = self.pytester.path
@@ -96,13 +109,7 @@ class Project:
         )
 
     def drop_all(self) -> None:
-        backend = self._backend()
-        try:
-            for info in backend.list_databases(f"cdb_{self.base}_"):
-                if info.marker is not None:
-                    backend.drop(info.name)
-        finally:
-            backend.close()
+        drop_ours(self._backend(), f"cdb_{self.base}_")
 
 
 @pytest.fixture

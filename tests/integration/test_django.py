@@ -20,6 +20,7 @@ import pytest
 
 from pytest_concurrent_db.backends import load_backend
 from pytest_concurrent_db.url import DatabaseURL
+from tests.conftest import drop_ours
 
 EXAMPLE = Path(__file__).resolve().parents[2] / "examples" / "django_project"
 NEW_MIGRATION = """
@@ -93,13 +94,7 @@ class DjangoProject:
     def drop_all(self) -> None:
         if self.url is None:
             return
-        backend = load_backend(self.url)
-        try:
-            for info in backend.list_databases(f"cdb_test_{self.name}"):
-                if info.marker is not None:
-                    backend.drop(info.name)
-        finally:
-            backend.close()
+        drop_ours(load_backend(self.url), f"cdb_test_{self.name}")
 
 
 @pytest.fixture(params=["sqlite", "postgresql", "mysql"])
@@ -162,6 +157,8 @@ def test_template_built_once_per_run_and_reused(django_project: DjangoProject) -
     assert_passed(warm, at_least=20)
     assert project.migrations() == {"default": 1, "analytics": 1}
     assert warm.stdout.str().count("reused (inputs unchanged)") == 2
+    if project.url is not None:  # spares of both databases made by the cold run, for each worker
+        assert warm.stdout.str().count("(spare)") == 4, warm.stdout.str()
     assert_own_clones(project, {"gw0", "gw1"})
     assert project.leftovers(run_id(warm)) == []
 
@@ -194,6 +191,18 @@ def test_without_xdist(sqlite_project: DjangoProject) -> None:
     assert sqlite_project.migrations() == {"default": 1, "analytics": 1}
     assert_own_clones(sqlite_project, {"main"})
     assert sqlite_project.leftovers(run_id(result)) == []
+
+
+def test_plugins_loaded_with_p_and_autoload_off(sqlite_project: DjangoProject, monkeypatch: pytest.MonkeyPatch) -> None:
+    """``PYTEST_DISABLE_PLUGIN_AUTOLOAD=1`` with ``-p <module>``: xdist and pytest-django are
+    registered under their module names, and are still recognised."""
+    monkeypatch.setenv("PYTEST_DISABLE_PLUGIN_AUTOLOAD", "1")
+    plugins = ["-p", "xdist.plugin", "-p", "pytest_django.plugin", "-p", "pytest_concurrent_db.plugin"]
+    result = sqlite_project.run(*plugins, "-n", "2", "--dist", "each", "--concurrent-db")
+    assert_passed(result, at_least=20)
+    assert sqlite_project.migrations() == {"default": 1, "analytics": 1}
+    assert "built by gw" in result.stdout.str()
+    assert_own_clones(sqlite_project, {"gw0", "gw1"})
 
 
 def test_pytest_django_unchanged_without_the_flag(sqlite_project: DjangoProject) -> None:

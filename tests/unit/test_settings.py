@@ -66,6 +66,7 @@ NAMES = [
         "concurrent_db_clone_strategy",
         "CONCURRENT_DB_CLONE_STRATEGY",
     ),
+    ("spares", "spares", "--concurrent-db-spares", "concurrent_db_spares", "CONCURRENT_DB_SPARES"),
     ("isolation", "choice", "--concurrent-db-isolation", "concurrent_db_isolation", "CONCURRENT_DB_ISOLATION"),
 ]
 
@@ -116,6 +117,7 @@ def test_resolve_reads_the_literal_names() -> None:
         "lock_timeout": "env CONCURRENT_DB_LOCK_TIMEOUT",
         "keep_templates": "ini concurrent_db_keep_templates",
         "clone_strategy": "default",
+        "spares": "default",
         "isolation": "ini concurrent_db_isolation",
     }
 
@@ -144,6 +146,7 @@ PRECEDENCE = {
     "lock_timeout": (("1.5", "2.5", "3.5"), (1.5, 2.5, 3.5, 300.0)),
     "keep_templates": (("5", "0", "3"), (5, 0, 3, 2)),
     "clone_strategy": (("wal_log", "file_copy", "auto"), ("wal_log", "file_copy", "auto", "auto")),
+    "spares": (("3", "0", "auto"), (3, 0, "auto", "auto")),
     "isolation": (("strict", "off", "warn"), ("strict", "off", "warn", "default")),
 }
 
@@ -250,6 +253,22 @@ def test_keep_templates_conversion(where: str, raw: Any, count: int) -> None:
     assert type(settings.keep_templates) is int
 
 
+@pytest.mark.parametrize(
+    ("where", "raw", "value", "per_worker"),
+    [
+        ("env", "0", 0, 0),
+        ("ini", "auto", "auto", 1),
+        ("env", " AUTO ", "auto", 1),
+        ("cli", "2", 2, 2),
+        ("cli", 3, 3, 3),
+    ],
+)
+def test_spares_conversion(where: str, raw: Any, value: Any, per_worker: int) -> None:
+    settings = run(**{where: {"spares": raw}})
+    assert settings.spares == value
+    assert settings.spares_per_worker == per_worker
+
+
 # -- bad values ----------------------------------------------------------------------------------------------
 
 BAD_VALUES = [
@@ -268,6 +287,9 @@ BAD_VALUES = [
     ("keep_templates", "env", "1.5"),
     ("keep_templates", "cli", "many"),
     ("keep_templates", "env", "3\n4"),
+    ("spares", "env", "-1"),
+    ("spares", "ini", "some"),
+    ("spares", "cli", "1.5"),
     ("isolation", "env", "paranoid"),
     ("isolation", "ini", "strictest"),
     ("isolation", "cli", "none"),

@@ -1,0 +1,187 @@
+"""Spares: pristine clones made in the background during one run and taken over by the
+same worker id of the next run, on the server backends (SQLite copies in milliseconds)."""
+
+from __future__ import annotations
+
+import os
+import secrets
+import subprocess
+import sys
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+from pytest_concurrent_db.backends import Marker, load_backend
+from pytest_concurrent_db.url import DatabaseURL
+
+from .conftest import SPARE, Project, summary
+
+#: Each test writes which database it is on and what it sees; one test writes a row, so a
+#: spare that had been used would show it (the tests run in one worker's database in order).
+TESTS = """
+    import os, pytest
+
+    @pytest.mark.parametrize("i", range(4))
+    def test_record(concurrent_db, concurrent_db_connection, worker_id, i):
+        cur = concurrent_db_connection.cursor()
+        cur.execute("SELECT COUNT(*) FROM book")
+        books = cur.fetchone()[0]
+        cur.execute("SELECT COUNT(*) FROM author")
+        authors = cur.fetchone()[0]
+        cur.execute("INSERT INTO book (author_id, title, worker) VALUES (1, 'b', PARAM)", (worker_id,))
+        concurrent_db_connection.commit()
+        with open(os.path.join(os.environ["RESULTS_DIR"], f"{worker_id}-{i}"), "w") as fh:
+            fh.write(f"{concurrent_db.name} {books} {authors}")
+"""
+
+
+@pytest.fixture(params=["postgresql", "mysql"])
+def server_project(request: pytest.FixtureRequest, pytester: pytest.Pytester) -> Iterator[Project]:
+    url: DatabaseURL = request.getfixturevalue(f"{request.param}_url")
+    base = "sp" + secrets.token_hex(3)
+    project = Project(pytester, url.backend, url.with_database(base), base)
+    yield project
+    project.drop_all()
+
+
+def _records(results: Path) -> dict[str, set[str]]:
+    """worker -> names of the databases its tests ran on; every test saw no earlier book."""
+    out: dict[str, set[str]] = {}
+    books: dict[str, list[int]] = {}
+    for path in results.iterdir():
+        name, seen_books, authors = path.read_text().split()
+        worker = path.name.split("-")[0]
+        out.setdefault(worker, set()).add(name)
+        books.setdefault(worker, []).append(int(seen_books))
+        assert authors == "1"  # the seed row, nothing else
+    for worker, counts in books.items():
+        assert sorted(counts) == list(range(len(counts))), f"{worker} did not start from a pristine copy"
+    return out
+
+
+def _clear(results: Path) -> None:
+    for path in results.iterdir():
+        path.unlink()
+
+
+def test_next_run_takes_over_the_spares_made_while_the_tests_ran(server_project: Project, results_dir: Path) -> None:
+    project = server_project
+    project.write(tests=TESTS)
+    first = project.run("-n", "2")
+    first.assert_outcomes(passed=4)
+    text = summary(first)
+    assert "spares for the next run: 2 made in the background" in text
+    assert "(spare)" not in text
+    spares = project.spares()
+    assert sorted(m.worker_id for m in spares.values()) == ["gw0", "gw1"]
+    assert all(m.kind == "spare" and m.state == "ready" and "_tpl_" in m.template for m in spares.values())
+    assert project.clones() == []
+    used_first = _records(results_dir)
+
+    _clear(results_dir)
+    second = project.run("-n", "2")
+    second.assert_outcomes(passed=4)
+    text = summary(second)
+    assert text.count("(spare)") == 2, text
+    used = _records(results_dir)  # pristine: the first test of each worker saw no book
+    for worker, names in used.items():
+        assert len(names) == 1
+        (name,) = names
+        assert name in spares
+        assert spares[name].worker_id == worker  # its own worker id's spare
+        assert SPARE.search(name)
+    assert not set().union(*used.values()) & set().union(*used_first.values())
+    # the taken-over spares were dropped like clones; two new ones wait for the next run
+    after = project.spares()
+    assert len(after) == 2
+    assert not set(after) & set(spares)
+    assert project.clones() == []
+    assert "dropped: 2 databases" in text
+
+
+def test_spares_zero_makes_and_takes_none(server_project: Project, results_dir: Path) -> None:
+    project = server_project
+    project.write(tests=TESTS)
+    result = project.run("-n", "2", "--concurrent-db-spares", "0")
+    result.assert_outcomes(passed=4)
+    assert "spares for the next run" not in summary(result)
+    assert project.spares() == {}
+    _clear(results_dir)
+    project.run("-n", "2").assert_outcomes(passed=4)  # the default makes two
+    made = set(project.spares())
+    assert len(made) == 2
+    _clear(results_dir)
+    result = project.run("-n", "2", "--concurrent-db-spares=0")
+    assert "(spare)" not in summary(result)  # with 0 they are not taken over either
+    assert set(project.spares()) == made
+
+
+def test_sqlite_makes_no_spares(pytester: pytest.Pytester, results_dir: Path) -> None:
+    project = Project(pytester, "sqlite", DatabaseURL(backend="sqlite", database=str(pytester.path / "t.db")), "t")
+    project.write(tests=TESTS)
+    for _ in range(2):
+        result = project.run("-n", "2", "--concurrent-db-spares", "3")
+        result.assert_outcomes(passed=4)
+        assert "(spare)" not in summary(result)
+        assert "spares for the next run" not in summary(result)
+        _clear(results_dir)
+    assert project.clones() == []
+
+
+def test_spares_of_a_rebuilt_template_are_not_used_and_are_reaped(server_project: Project, results_dir: Path) -> None:
+    project = server_project
+    project.write(tests=TESTS)
+    project.run("-n", "2").assert_outcomes(passed=4)
+    old = set(project.spares())
+    _clear(results_dir)
+    rebuilt = project.run("-n", "2", "--concurrent-db-rebuild")  # same template name, new build
+    rebuilt.assert_outcomes(passed=4)
+    assert "(spare)" not in summary(rebuilt)
+    assert not set().union(*_records(results_dir).values()) & old
+    _clear(results_dir)
+    third = project.run("-n", "2")
+    third.assert_outcomes(passed=4)
+    assert summary(third).count("(spare)") == 2
+    assert not set(project.spares()) & old  # the stale ones were reaped by the third run
+
+
+def test_half_made_spare_of_a_dead_process_is_reaped(server_project: Project, results_dir: Path) -> None:
+    project = server_project
+    project.write(tests=TESTS)
+    project.run("-n", "2", "--concurrent-db-spares", "0").assert_outcomes(passed=4)
+    backend = load_backend(project.url)
+    try:
+        (template,) = [i for i in backend.list_databases(f"cdb_{project.base}_") if i.marker.kind == "template"]
+        name = f"cdb_{project.base}_sp0a0b0c_gw0"
+        backend.clone(
+            template.name,
+            name,
+            Marker(kind="spare", run_id="deadbeef", worker_id="gw0", template=template.name, state="building"),
+        )
+    finally:
+        backend.close()
+    assert name in project.spares()
+    _clear(results_dir)
+    result = project.run("-n", "2")
+    result.assert_outcomes(passed=4)
+    assert "(spare)" not in summary(result)
+    assert name not in project.spares()
+
+
+def test_cli_lists_and_prunes_spares(server_project: Project, results_dir: Path) -> None:
+    project = server_project
+    project.write(tests=TESTS)
+    project.run("-n", "2").assert_outcomes(passed=4)
+    env = {k: v for k, v in os.environ.items() if not k.startswith("CONCURRENT_DB")}
+
+    def cli(*args: str) -> str:
+        argv = [sys.executable, "-m", "pytest_concurrent_db", *args, "--url", project.url.render(hide_password=False)]
+        return subprocess.run(argv, capture_output=True, text=True, env=env, check=True).stdout
+
+    listed = cli("list")
+    assert listed.count(" spare ") == 2, listed
+    assert listed.count(" waiting ") == 2, listed
+    pruned = cli("prune", "--yes")
+    assert pruned.count("(spare,") == 2, pruned
+    assert project.spares() == {}
