@@ -74,6 +74,8 @@ class Case:
     drop_times: dict[int, float] = field(default_factory=dict)
     check: dict[str, Any] | None = None
     error: str | None = None
+    #: Untimed, before each clone (a spare for the next takeover).
+    prepare: Callable[[], None] | None = None
 
 
 def _names(backend: str, tag: str, tables: int) -> str:
@@ -110,6 +112,7 @@ class Subject:
         self.template = ""
         self.build_seconds = 0.0
         self.anchor: Any = None
+        self.spare_engine: Any = None
 
     def _url(self) -> Any:
         from pytest_concurrent_db.url import parse_url
@@ -130,6 +133,10 @@ class Subject:
                                  base=self.stem[len("cdb_") :])
             self.anchor.ensure_template(populators)
             self.anchor.create_clone()
+            # A worker of a warm run: its clone is a spare made (untimed) beforehand.
+            self.spare_engine = Engine(self.url, run_id=self.tag, worker_id="w1", lock_dir=self.workdir / "locks",
+                                       base=self.stem[len("cdb_") :], spares=1)
+            self.spare_engine.ensure_template(populators)
 
     def clone_name(self, case: str, rep: int) -> str:
         name = f"{self.stem}_{case}_{rep}"
@@ -155,10 +162,26 @@ class Subject:
         return Case("ours_engine", "ours: Engine.create_clone() / drop_clone()", "ours", clone, drop,
                     baseline=baseline)
 
+    def spare_case(self, baseline: str) -> Case:
+        engine = self.spare_engine
+
+        def prepare() -> None:
+            engine.make_spares()
+
+        def clone(name: str) -> None:
+            engine.create_clone(refill=False)
+            assert engine.stats.spare_claimed, "no spare was taken over"
+
+        def drop(name: str) -> None:
+            engine.drop_clone()
+
+        return Case("ours_spare", "ours, warm run: Engine.create_clone() takes over a spare made by an earlier run",
+                    "ours", clone, drop, baseline=baseline, prepare=prepare)
+
     def guard(self, case: Case, name: str) -> Callable[[], None]:
         """Untimed: hold the clone's liveness lock (as the engine does) so that another
         test run's reaper on the same server never takes our clone for a dead one."""
-        if case.kind != "ours" or case.key == "ours_engine":
+        if case.kind != "ours" or case.key in ("ours_engine", "ours_spare"):
             return lambda: None
         key = f"clone:{name}"
         self.backend.try_lock(key)
@@ -171,9 +194,10 @@ class Subject:
         raise NotImplementedError
 
     def actual_name(self, case: Case, name: str) -> str:
-        if case.key == "ours_engine":
-            assert self.engine.database is not None
-            return self.engine.database.name
+        if case.key in ("ours_engine", "ours_spare"):
+            engine = self.engine if case.key == "ours_engine" else self.spare_engine
+            assert engine.database is not None
+            return engine.database.name
         return name
 
     def raw_drop_any(self, name: str) -> None:
@@ -188,7 +212,7 @@ class Subject:
         from pytest_concurrent_db.errors import NotOursError
 
         left: list[str] = []
-        for engine in (self.engine, self.anchor):
+        for engine in (self.engine, self.anchor, self.spare_engine):
             with contextlib.suppress(Exception):
                 if engine is not None:
                     engine.drop_clone()
@@ -203,7 +227,7 @@ class Subject:
                     self.raw_drop_any(name)
             except Exception as exc:
                 left.append(f"{name}: {type(exc).__name__}: {exc}")
-        for engine in (self.engine, self.anchor):
+        for engine in (self.engine, self.anchor, self.spare_engine):
             with contextlib.suppress(Exception):
                 if engine is not None:
                     engine.close()
@@ -267,6 +291,7 @@ class PostgreSQLSubject(Subject):
             case.group = "file_copy"
             out.append(case)
         out.append(self.engine_case("raw_wal_log"))
+        out.append(self.spare_case("raw_wal_log"))
         return out
 
     def inventory(self, name: str) -> dict[str, int]:
@@ -371,6 +396,7 @@ class MySQLSubject(Subject):
             self.ours_case("ours", "ours: backend.clone() / drop() (DDL replay, keeps FKs)", self.backend,
                            "raw_dump"),
             self.engine_case("raw_dump"),
+            self.spare_case("raw_dump"),
         ]
 
     def inventory(self, name: str) -> dict[str, int]:
@@ -548,6 +574,8 @@ def _measure_case(subject: Subject, case: Case, rep: int) -> None:
     name = subject.clone_name(case.key, rep)
     release = subject.guard(case, name)
     try:
+        if case.prepare is not None:
+            case.prepare()
         started = time.perf_counter()
         case.clone(name)
         case.clone_times[rep] = time.perf_counter() - started
@@ -560,8 +588,10 @@ def _measure_case(subject: Subject, case: Case, rep: int) -> None:
     except Exception as exc:
         case.error = f"{type(exc).__name__}: {' '.join(str(exc).split())[:600]}"
         log(f"  {case.key} failed: {case.error}")
-        with contextlib.suppress(Exception):
-            subject.engine.drop_clone()
+        for engine in (subject.engine, subject.spare_engine):
+            with contextlib.suppress(Exception):
+                if engine is not None:
+                    engine.drop_clone()
     finally:
         release()
 

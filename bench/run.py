@@ -40,7 +40,8 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
                         help="sqlite postgresql mysql (comma or space separated; default: all)")
     parser.add_argument("--variants", nargs="+",
                         help=f"run variants: quick, core, all, or keys ({', '.join(runs.VARIANTS)}); "
-                        f"quick = {', '.join(runs.QUICK)}; core = quick + pd-reuse-n2 (default: core; quick: quick)")
+                        f"quick = {', '.join(runs.QUICK)}; core = {', '.join(runs.CORE)} "
+                        "(default: core; quick: quick)")
     parser.add_argument("--repeat", type=int, help="interleaved rounds of the runs (default: 3; quick: 1)")
     parser.add_argument("--primitives-repeat", type=int, default=5,
                         help="measurements per primitive (>= 5; default: %(default)s)")

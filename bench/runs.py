@@ -83,9 +83,10 @@ VARIANTS: dict[str, Variant] = {
         _ours(4, cold=True),
     )
 }
-#: ``--quick``: what the targets need.  ``core`` (the default) adds --reuse-db, ``all`` everything.
+#: ``--quick``: what the targets need.  ``core`` (the default): every run the issue lists
+#: (serial, pytest-django -n 2/-n 4/--reuse-db, manage.py test, ours cold and warm at -n 2/-n 4).
 QUICK = ("pd-n2", "dj-par2", "ours-cold-n2", "ours-warm-n2", "ours-warm-n1", "ours-warm-n4")
-CORE = (*QUICK, "pd-reuse-n2")
+CORE = (*QUICK, "pd-reuse-n2", "serial", "pd-n4", "ours-cold-n4", "ours-cold-n1")
 #: The variant every ratio is computed against, and the second yardstick.
 BASELINE, DJANGO_BASELINE = "pd-n2", "dj-par2"
 
@@ -145,6 +146,9 @@ def _env(backend: str, variant: Variant, project: Path, timing: Path) -> dict[st
     env = {k: v for k, v in os.environ.items()
            if not k.startswith(("CONCURRENT_DB", "PYTEST_", "DB_", "DJANGO_")) and k != "PYTHONPATH"}
     env.update(DB_ENGINE=backend, BENCH_TIMING_FILE=str(timing), BENCH_LABEL=variant.key)
+    # Only the plugins a variant needs (see command()): an unrelated plugin of the environment
+    # (hypothesis, from our own test dependencies, costs ~0.5 s per process) would weigh on all.
+    env["PYTEST_DISABLE_PLUGIN_AUTOLOAD"] = "1"
     reuse = variant.needs_warm == "reuse"
     if backend == "sqlite":
         if reuse:  # an in-memory test database cannot be reused: --reuse-db users put it on disk
@@ -163,7 +167,10 @@ def command(variant: Variant) -> list[str]:
     if variant.runner == "manage":
         return [sys.executable, "manage.py", "test", "--parallel", str(variant.workers), "--pattern", "djtests.py",
                 "--noinput", "-v", "1"]
-    return [sys.executable, "-m", "pytest", "-q", *variant.args]
+    plugins = ["-p", "xdist.plugin", "-p", "pytest_django.plugin"]
+    if "--concurrent-db" in variant.args:
+        plugins += ["-p", "pytest_concurrent_db.plugin"]
+    return [sys.executable, "-m", "pytest", "-q", *plugins, *variant.args]
 
 
 def run_once(backend: str, variant: Variant, project: Path, timeout: float, expected: int) -> dict[str, Any]:
