@@ -137,6 +137,10 @@ class Stats:
         return dict(self.__dict__)
 
 
+#: ``--concurrent-db-spares auto`` makes spares once copying the template took this long (seconds).
+SPARES_AUTO_MIN_SECONDS = 0.25
+
+
 class Engine:
     """Creates and removes the databases of one process (a worker or the controller)."""
 
@@ -153,7 +157,7 @@ class Engine:
         template_dir: Path | None = None,
         clone_dir: Path | None = None,
         base: str | None = None,
-        spares: int = 0,
+        spares: int | str = 0,
     ) -> None:
         self.url = url
         self.run_id = run_id
@@ -173,8 +177,10 @@ class Engine:
         self.backend: Backend = load_backend(
             url, application_name=f"pytest-concurrent-db {run_id} {worker_id}", **self._backend_options
         )
+        #: ``auto``: one spare per worker, made only when copying the template proved slow
+        self.spares_auto = spares == "auto"
         # SQLite clones are files copied in milliseconds into a per-run directory: no spares
-        self.spares = spares if self.backend.name != "sqlite" else 0
+        self.spares = (1 if self.spares_auto else int(spares)) if self.backend.name != "sqlite" else 0
         self._refill: threading.Thread | None = None
         self.template: str | None = None
         self.template_fingerprint = ""
@@ -327,9 +333,18 @@ class Engine:
             template_name=self.template,
             run_id=self.run_id,
         )
-        if refill:
+        if refill and self._spares_pay_off():
             self._start_refill(self.template, self.template_build)
         return self.database
+
+    def _spares_pay_off(self) -> bool:
+        """With ``spares="auto"``, spares are made only for templates that are slow to copy: this
+        worker's copy took :data:`SPARES_AUTO_MIN_SECONDS` or more, or it took over a spare (an
+        earlier run found the copy slow).  A faster copy costs less than a spare does (an extra
+        connection while it is made, a database waiting on the server between runs)."""
+        if not self.spares_auto:
+            return True
+        return self.stats.spare_claimed or self.stats.clone_seconds >= SPARES_AUTO_MIN_SECONDS
 
     def _new_clone(self) -> str:
         assert self.template is not None

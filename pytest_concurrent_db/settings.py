@@ -94,7 +94,8 @@ OPTIONS: tuple[Option, ...] = (
         "spares",
         "auto",
         "PostgreSQL/MySQL: pristine clones per worker made in the background while the tests run, "
-        "so that the next run starts without copying: auto (1), a number, or 0 for none",
+        "so that the next run starts without copying: auto (1 when a copy takes 0.25 s or more), "
+        "a number, or 0 for none",
         metavar="N|auto",
     ),
     Option(
@@ -128,11 +129,6 @@ class Settings:
     @property
     def backend(self) -> str:
         return self.url.backend if self.url is not None else "sqlite"
-
-    @property
-    def spares_per_worker(self) -> int:
-        """``spares`` as a number (``auto``: one per worker; the engine ignores it for SQLite)."""
-        return 1 if self.spares == "auto" else int(self.spares)
 
     def describe(self) -> list[str]:
         """Report-header lines: each value and its source (passwords hidden)."""

@@ -80,7 +80,7 @@ class PluginState:
             template_dir=self.template_dir() if sqlite else None,
             clone_dir=self.resolved_clone_dir() if sqlite else None,
             base=base,
-            spares=self.settings.spares_per_worker,
+            spares=self.settings.spares,
         )
 
     def get_engine(self) -> Engine:

@@ -147,13 +147,13 @@ def assert_own_clones(project: DjangoProject, workers: set[str]) -> None:
 def test_template_built_once_per_run_and_reused(django_project: DjangoProject) -> None:
     """Cold run: migrations once per alias; warm run: none; new migration: once again."""
     project = django_project
-    cold = project.run("-n", "2", "--concurrent-db")
+    cold = project.run("-n", "2", "--concurrent-db", "--concurrent-db-spares", "1")  # auto: slow copies only
     assert_passed(cold)
     assert project.migrations() == {"default": 1, "analytics": 1}
     assert "built by gw" in cold.stdout.str()
     assert project.leftovers(run_id(cold)) == []
 
-    warm = project.run("-n", "2", "--dist", "each", "--concurrent-db")  # every test on both workers
+    warm = project.run("-n", "2", "--dist", "each", "--concurrent-db", "--concurrent-db-spares", "1")  # each test, both
     assert_passed(warm, at_least=20)
     assert project.migrations() == {"default": 1, "analytics": 1}
     assert warm.stdout.str().count("reused (inputs unchanged)") == 2

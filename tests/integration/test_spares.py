@@ -12,8 +12,11 @@ from pathlib import Path
 
 import pytest
 
+from pytest_concurrent_db import engine as engine_module
 from pytest_concurrent_db.backends import Marker, load_backend
+from pytest_concurrent_db.engine import Engine, schema_populator
 from pytest_concurrent_db.url import DatabaseURL
+from tests.conftest import drop_ours
 
 from .conftest import SPARE, Project, summary
 
@@ -68,7 +71,7 @@ def _clear(results: Path) -> None:
 def test_next_run_takes_over_the_spares_made_while_the_tests_ran(server_project: Project, results_dir: Path) -> None:
     project = server_project
     project.write(tests=TESTS)
-    first = project.run("-n", "2")
+    first = project.run("-n", "2", "--concurrent-db-spares", "1")  # auto: only for slow copies
     first.assert_outcomes(passed=4)
     text = summary(first)
     assert "spares for the next run: 2 made in the background" in text
@@ -80,7 +83,7 @@ def test_next_run_takes_over_the_spares_made_while_the_tests_ran(server_project:
     used_first = _records(results_dir)
 
     _clear(results_dir)
-    second = project.run("-n", "2")
+    second = project.run("-n", "2", "--concurrent-db-spares", "1")
     second.assert_outcomes(passed=4)
     text = summary(second)
     assert text.count("(spare)") == 2, text
@@ -108,7 +111,7 @@ def test_spares_zero_makes_and_takes_none(server_project: Project, results_dir: 
     assert "spares for the next run" not in summary(result)
     assert project.spares() == {}
     _clear(results_dir)
-    project.run("-n", "2").assert_outcomes(passed=4)  # the default makes two
+    project.run("-n", "2", "--concurrent-db-spares", "1").assert_outcomes(passed=4)
     made = set(project.spares())
     assert len(made) == 2
     _clear(results_dir)
@@ -131,9 +134,10 @@ def test_sqlite_makes_no_spares(pytester: pytest.Pytester, results_dir: Path) ->
 
 def test_spares_of_a_rebuilt_template_are_not_used_and_are_reaped(server_project: Project, results_dir: Path) -> None:
     project = server_project
-    project.write(tests=TESTS)
+    project.write(tests=TESTS, ini="concurrent_db_spares = 1\n")
     project.run("-n", "2").assert_outcomes(passed=4)
     old = set(project.spares())
+    assert len(old) == 2
     _clear(results_dir)
     rebuilt = project.run("-n", "2", "--concurrent-db-rebuild")  # same template name, new build
     rebuilt.assert_outcomes(passed=4)
@@ -163,7 +167,7 @@ def test_half_made_spare_of_a_dead_process_is_reaped(server_project: Project, re
         backend.close()
     assert name in project.spares()
     _clear(results_dir)
-    result = project.run("-n", "2")
+    result = project.run("-n", "2", "--concurrent-db-spares", "1")
     result.assert_outcomes(passed=4)
     assert "(spare)" not in summary(result)
     assert name not in project.spares()
@@ -172,7 +176,7 @@ def test_half_made_spare_of_a_dead_process_is_reaped(server_project: Project, re
 def test_cli_lists_and_prunes_spares(server_project: Project, results_dir: Path) -> None:
     project = server_project
     project.write(tests=TESTS)
-    project.run("-n", "2").assert_outcomes(passed=4)
+    project.run("-n", "2", "--concurrent-db-spares", "1").assert_outcomes(passed=4)
     env = {k: v for k, v in os.environ.items() if not k.startswith("CONCURRENT_DB")}
 
     def cli(*args: str) -> str:
@@ -185,3 +189,49 @@ def test_cli_lists_and_prunes_spares(server_project: Project, results_dir: Path)
     pruned = cli("prune", "--yes")
     assert pruned.count("(spare,") == 2, pruned
     assert project.spares() == {}
+
+
+@pytest.fixture(params=["postgresql", "mysql"])
+def server_url(request: pytest.FixtureRequest) -> Iterator[DatabaseURL]:
+    url: DatabaseURL = request.getfixturevalue(f"{request.param}_url")
+    url = url.with_database("sa" + secrets.token_hex(3))
+    yield url
+    drop_ours(load_backend(url), f"cdb_{url.database}_")
+
+
+def _worker(url: DatabaseURL, tmp_path: Path, run_id: str) -> Engine:
+    engine = Engine(url, run_id=run_id, worker_id="gw0", lock_dir=tmp_path / "locks", spares="auto")
+    schema = tmp_path / "schema.sql"
+    schema.write_text("CREATE TABLE t (id INTEGER PRIMARY KEY);\n")
+    engine.ensure_template([schema_populator(schema)])
+    return engine
+
+
+def _one_run(engine: Engine) -> tuple[bool, int]:
+    """What a worker does in one run: (took over a spare, spares made for the next run)."""
+    try:
+        engine.create_clone()
+        engine.drop_clone()  # waits for the spares
+        return engine.stats.spare_claimed, engine.stats.spares_made
+    finally:
+        engine.close()
+
+
+def test_auto_makes_spares_only_when_copies_are_slow(
+    server_url: DatabaseURL, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """``auto``: no spare after a copy faster than the threshold; one after a slower copy; and a
+    worker that took a spare over makes the next one whatever its own (instant) takeover took."""
+    monkeypatch.setattr(engine_module, "SPARES_AUTO_MIN_SECONDS", 3600.0)  # every copy is "fast"
+    assert _one_run(_worker(server_url, tmp_path, "run00001")) == (False, 0)
+    backend = load_backend(server_url)
+    try:
+        assert backend.list_databases(f"cdb_{server_url.database}_sp") == []
+    finally:
+        backend.close()
+
+    monkeypatch.setattr(engine_module, "SPARES_AUTO_MIN_SECONDS", 0.0)  # every copy is "slow"
+    assert _one_run(_worker(server_url, tmp_path, "run00002")) == (False, 1)
+
+    monkeypatch.setattr(engine_module, "SPARES_AUTO_MIN_SECONDS", 3600.0)
+    assert _one_run(_worker(server_url, tmp_path, "run00003")) == (True, 1)  # the chain goes on

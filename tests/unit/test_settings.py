@@ -254,19 +254,12 @@ def test_keep_templates_conversion(where: str, raw: Any, count: int) -> None:
 
 
 @pytest.mark.parametrize(
-    ("where", "raw", "value", "per_worker"),
-    [
-        ("env", "0", 0, 0),
-        ("ini", "auto", "auto", 1),
-        ("env", " AUTO ", "auto", 1),
-        ("cli", "2", 2, 2),
-        ("cli", 3, 3, 3),
-    ],
+    ("where", "raw", "value"),
+    [("env", "0", 0), ("ini", "auto", "auto"), ("env", " AUTO ", "auto"), ("cli", "2", 2), ("cli", 3, 3)],
 )
-def test_spares_conversion(where: str, raw: Any, value: Any, per_worker: int) -> None:
+def test_spares_conversion(where: str, raw: Any, value: Any) -> None:
     settings = run(**{where: {"spares": raw}})
     assert settings.spares == value
-    assert settings.spares_per_worker == per_worker
 
 
 # -- bad values ----------------------------------------------------------------------------------------------
