@@ -126,6 +126,8 @@ class Stats:
     #: spares made in the background for the next run, how long that took, what failed
     spares_made: int = 0
     spare_seconds: float = 0.0
+    #: how long the teardown waited for the spares still being made
+    spare_wait_seconds: float = 0.0
     spare_error: str = ""
     backend: str = ""
     url: str = ""
@@ -543,7 +545,9 @@ class Engine:
     def wait_for_spares(self) -> None:
         """Wait until the spares of this process are made (they are left for the next run)."""
         if self._refill is not None:
+            started = time.perf_counter()
             self._refill.join()
+            self.stats.spare_wait_seconds += time.perf_counter() - started
 
     def keep_clone(self) -> None:
         """Mark this worker's clone as kept (``--concurrent-db-keep``): no later run reaps it;

@@ -222,6 +222,7 @@ def pytest_terminal_summary(terminalreporter: Any, config: pytest.Config) -> Non
             each = ", ".join(f"{r['worker_id']} {r['spare_seconds']:.2f}s" for r in made)
             total = sum(r["spares_made"] for r in made)
             tr.write_line(f"spares for the next run: {total} made in the background while the tests ran ({each})")
+        _write_teardown(tr, ordered)
         for r in ordered:
             if r.get("spare_error"):
                 tr.write_line(f"spares: {r['worker_id']} could not make one: {r['spare_error']}", yellow=True)
@@ -233,6 +234,20 @@ def pytest_terminal_summary(terminalreporter: Any, config: pytest.Config) -> Non
     dropped = sum(len(r.get("dropped", [])) for r in reports) + len(state.swept)
     kept = " (kept: --concurrent-db-keep)" if state.settings.keep else ""
     tr.write_line(f"dropped: {dropped} databases ({len(state.swept)} left by crashed workers){kept}")
+
+
+def _write_teardown(tr: Any, reports: list[dict[str, Any]]) -> None:
+    """The teardown phases of the worker whose teardown took longest."""
+    phases = ("check_seconds", "spare_wait_seconds", "drop_seconds")
+    timed = [r for r in reports if r.get("clone")]
+    if not timed:
+        return
+    slowest = max(timed, key=lambda r: sum(r.get(p, 0.0) for p in phases))
+    parts = [f"isolation checks {slowest.get('check_seconds', 0.0):.2f}s"]
+    if slowest.get("spares_made"):
+        parts.append(f"waiting for its spare {slowest.get('spare_wait_seconds', 0.0):.2f}s")
+    parts.append(f"drop {slowest.get('drop_seconds', 0.0):.2f}s")
+    tr.write_line(f"teardown (slowest, {slowest['worker_id']}): {', '.join(parts)}")
 
 
 def _worker_order(report: dict[str, Any]) -> tuple[int, str]:

@@ -4,6 +4,7 @@ same worker id of the next run, on the server backends (SQLite copies in millise
 from __future__ import annotations
 
 import os
+import re
 import secrets
 import subprocess
 import sys
@@ -75,6 +76,8 @@ def test_next_run_takes_over_the_spares_made_while_the_tests_ran(server_project:
     first.assert_outcomes(passed=4)
     text = summary(first)
     assert "spares for the next run: 2 made in the background" in text
+    teardown = r"teardown \(slowest, gw[01]\): isolation checks [0-9.]+s, waiting for its spare [0-9.]+s, drop"
+    assert re.search(teardown, text), text
     assert "(spare)" not in text
     spares = project.spares()
     assert sorted(m.worker_id for m in spares.values()) == ["gw0", "gw1"]
