@@ -17,6 +17,7 @@ clone.
 from __future__ import annotations
 
 import re
+import threading
 from collections.abc import Callable, Iterator, Sequence
 from typing import Any
 
@@ -368,13 +369,54 @@ def clone_statements(recipe: dict[str, Any], clone: str, literal: Callable[[Any]
         yield "event", join(event["create"])
 
 
-def replay_recipe(cursor: Any, recipe: dict[str, Any], clone: str, literal: Callable[[Any], str]) -> None:
+def replay_recipe(
+    cursor: Any, recipe: dict[str, Any], clone: str, literal: Callable[[Any], str], helpers: Sequence[Any] = ()
+) -> None:
     """Build the (empty, existing) database ``clone`` from ``recipe``.
 
     ``cursor`` belongs to a connection opened with ``CLIENT.MULTI_STATEMENTS``; the
     statements go in as few round trips as fit in ``_BATCH_BYTES``, every result read.
+    ``helpers``: cursors of further such connections, which create a share of the tables
+    at the same time (each ``CREATE TABLE`` waits on its own file and log writes, so they
+    overlap) once the sequences exist (a column default may call one); the rows, routines,
+    views, triggers and events follow once all tables exist.
     """
     steps = list(clone_statements(recipe, clone, literal))
+    tables = [i for i, (kind, _) in enumerate(steps) if kind == "table"]
+    if not helpers or len(tables) < 2:
+        _run_steps(cursor, steps, recipe, clone)
+        return
+    _run_steps(cursor, steps[: tables[0]], recipe, clone)  # the session's settings, then sequences
+    setup = [step for step in steps[: tables[0]] if step[0] == "setup"]
+    ways = len(helpers) + 1
+    shares = [[steps[i] for i in tables[k::ways]] for k in range(ways)]
+    errors: list[BaseException] = []
+
+    def create(helper: Any, share: list[tuple[str, str]]) -> None:
+        try:
+            _run_steps(helper, setup + share, recipe, clone)
+        except BaseException as exc:  # re-raised in the caller's thread
+            errors.append(exc)
+
+    threads = [
+        threading.Thread(target=create, args=(helper, share), name=f"concurrent-db clone {clone} tables {k}")
+        for k, (helper, share) in enumerate(zip(helpers, shares[1:]), start=1)
+    ]
+    for thread in threads:
+        thread.start()
+    try:
+        _run_steps(cursor, shares[0], recipe, clone)
+    finally:
+        for thread in threads:
+            thread.join()
+    if errors:
+        raise errors[0]
+    _run_steps(cursor, steps[tables[-1] + 1 :], recipe, clone)  # same session: its settings hold
+
+
+def _run_steps(cursor: Any, steps: list[tuple[str, str]], recipe: dict[str, Any], clone: str) -> None:
+    """Run ``steps`` on ``cursor`` in batches; a view that names a view not made yet moves last."""
+    steps = list(steps)
     moves = {sql: len(recipe["views"]) for kind, sql in steps if kind == "view"}
     position = 0
     while position < len(steps):

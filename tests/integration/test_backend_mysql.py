@@ -11,6 +11,7 @@ import contextlib
 import json
 import re
 import secrets
+import sys
 import threading
 import time
 from collections.abc import Callable, Iterator
@@ -210,8 +211,18 @@ def template(mysql_url: DatabaseURL) -> Iterator[tuple[MySQLBackend, str]]:
         _force_drop(mysql_url, name)
 
 
+@pytest.fixture(params=[1, 2, 3], ids=["ddl-1-connection", "ddl-2-connections", "ddl-3-connections"])
+def ddl_connections(request: pytest.FixtureRequest, monkeypatch: pytest.MonkeyPatch) -> int:
+    """Clones made with the tables created over this many connections side by side."""
+    from pytest_concurrent_db.backends import mysql
+
+    monkeypatch.setattr(mysql, "_DDL_CONNECTIONS", request.param)
+    monkeypatch.setattr(mysql, "_PARALLEL_DDL_FROM", 1)
+    return int(request.param)
+
+
 @pytest.fixture
-def clone_of(backend: MySQLBackend, made: Made) -> Callable[[str], str]:
+def clone_of(backend: MySQLBackend, made: Made, ddl_connections: int) -> Callable[[str], str]:
     """Clone a template into a fresh name while holding that clone's lock."""
 
     def make(template_name: str) -> str:
@@ -388,6 +399,36 @@ def test_failed_clone_leaves_nothing(backend: MySQLBackend, made: Made, mysql_ur
                       (name,)) == [(0,)]
     finally:
         conn.close()
+
+
+def test_a_table_that_fails_on_any_connection_leaves_nothing(
+    backend: MySQLBackend, made: Made, mysql_url: DatabaseURL, ddl_connections: int
+) -> None:
+    """The error of a table created on a helper connection reaches the caller, named, and the
+    half-made clone is removed with its registry row."""
+    tpl = made.name()
+    script = "".join(f"CREATE TABLE t{i} (id INT PRIMARY KEY);\n" for i in range(6))
+    _build_template(backend, tpl, script, "fail")
+    admin = connect_url(mysql_url.with_database(""), autocommit=True)
+    try:
+        table = quote_ident(REGISTRY) + ".`databases`"
+        recipe = json.loads(_query(admin, "SELECT recipe FROM " + table + " WHERE name = %s", (tpl,))[0][0])
+        recipe["tables"][ddl_connections - 1]["create"] = ["CREATE TABLE broken (id NOT_A_TYPE)"]  # the last share
+        _query(admin, "UPDATE " + table + " SET recipe = %s WHERE name = %s", (json.dumps(recipe), tpl))
+    finally:
+        admin.close()
+    other = MySQLBackend(mysql_url)  # no cached recipe
+    try:
+        name = made.name()
+        assert other.try_lock("clone:" + name)
+        with pytest.raises(pymysql.err.MySQLError, match="NOT_A_TYPE") as info:
+            other.clone(tpl, name, _marker("clone", "fail", template=tpl))
+        notes = getattr(info.value, "__notes__", [])
+        assert sys.version_info < (3, 11) or any("broken" in note for note in notes), notes
+        assert not other.exists(name)
+        assert other.get_marker(name) is None
+    finally:
+        other.close()
 
 
 def test_create_twice_keeps_the_first(backend: MySQLBackend, made: Made) -> None:
