@@ -58,12 +58,15 @@ class Variant:
     needs_warm: str = ""
 
 
-def _ours(workers: int, cold: bool) -> Variant:
+def _ours(workers: int, cold: bool, spares: str = "") -> Variant:
     state = "cold" if cold else "warm"
     args = ("-n", str(workers), "--concurrent-db") + (("--concurrent-db-rebuild",) if cold else ())
     what = "template rebuilt (--concurrent-db-rebuild)" if cold else "template reused"
-    return Variant(f"ours-{state}-n{workers}", f"ours -n {workers}, {state}: {what}", args, workers,
-                   needs_warm="" if cold else "template")
+    key = f"ours-{state}-n{workers}"
+    if spares:  # the default is auto; these force one setting, to show what spares change
+        args += ("--concurrent-db-spares", spares)
+        key, what = f"{key}-spares{spares}", f"{what}, --concurrent-db-spares {spares}"
+    return Variant(key, f"ours -n {workers}, {state}: {what}", args, workers, needs_warm="" if cold else "template")
 
 
 VARIANTS: dict[str, Variant] = {
@@ -81,6 +84,8 @@ VARIANTS: dict[str, Variant] = {
         Variant("pd-n4", "pytest-django -n 4 (each worker migrates)", ("-n", "4"), 4),
         _ours(1, cold=True),
         _ours(4, cold=True),
+        _ours(2, cold=False, spares="0"),
+        _ours(2, cold=False, spares="1"),
     )
 }
 #: ``--quick``: what the targets need.  ``core`` (the default): every run the issue lists

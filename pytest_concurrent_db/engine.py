@@ -139,10 +139,11 @@ class Stats:
         return dict(self.__dict__)
 
 
-#: ``--concurrent-db-spares auto`` makes spares on these backends, once copying the template
-#: took this long (seconds); spares that exist are taken over on every backend.
-SPARES_AUTO_BACKENDS = frozenset({"mysql"})
-SPARES_AUTO_MIN_SECONDS = 0.25
+#: ``--concurrent-db-spares auto`` makes spares once copying the template took this long (seconds).
+#: MySQL: the copy is our own DDL replay, and a spare costs little more than that.  PostgreSQL: the
+#: run's closing ``DROP DATABASE`` forces a checkpoint, which must also write the freshly copied
+#: spare back to disk (measured +0.8 s for a 26 MB template), so only a slower copy is worth sparing.
+SPARES_AUTO_MIN_SECONDS = {"mysql": 0.25, "postgresql": 1.0}
 
 
 class Engine:
@@ -342,19 +343,17 @@ class Engine:
         return self.database
 
     def _spares_pay_off(self) -> bool:
-        """With ``spares="auto"``, spares are made only where copying is slow work of our own: on
-        MySQL/MariaDB (DDL replayed table by table), once this worker's copy took
-        :data:`SPARES_AUTO_MIN_SECONDS` or more or it took over a spare (an earlier run found the
-        copy slow).  A faster copy costs less than a spare (an extra connection while it is made,
-        a database waiting on the server between runs).  Not on PostgreSQL: its copy is the
-        server's file-level one, and the run's closing ``DROP DATABASE`` forces a checkpoint that
-        has to write the freshly copied spare back first, so a spare only moves the copy's cost
-        to the end of the run (measured: warm runs were slower with spares)."""
+        """With ``spares="auto"``, spares are made only for templates that are slow to copy: this
+        worker's copy took :data:`SPARES_AUTO_MIN_SECONDS` or more, or it took over a spare (an
+        earlier run found the copy slow).  A faster copy costs less than a spare does (an extra
+        connection while it is made, a database waiting on the server between runs and, on
+        PostgreSQL, writing it back at the closing checkpoint)."""
         if not self.spares_auto:
             return True
-        if self.backend.name not in SPARES_AUTO_BACKENDS:
+        threshold = SPARES_AUTO_MIN_SECONDS.get(self.backend.name)
+        if threshold is None:
             return False
-        return self.stats.spare_claimed or self.stats.clone_seconds >= SPARES_AUTO_MIN_SECONDS
+        return self.stats.spare_claimed or self.stats.clone_seconds >= threshold
 
     def _new_clone(self) -> str:
         assert self.template is not None

@@ -94,7 +94,7 @@ OPTIONS: tuple[Option, ...] = (
         "spares",
         "auto",
         "PostgreSQL/MySQL: pristine clones per worker made in the background while the tests run, "
-        "so that the next run starts without copying: auto (MySQL: 1 when a copy takes 0.25 s or more), "
+        "so that the next run starts without copying: auto (1 once a copy took 0.25 s on MySQL, 1 s on PostgreSQL), "
         "a number, or 0 for none",
         metavar="N|auto",
     ),
