@@ -234,6 +234,18 @@ def clone_of(backend: MySQLBackend, made: Made, ddl_connections: int) -> Callabl
     return make
 
 
+def _edit_recipe(url: DatabaseURL, template: str, edit: Callable[[dict[str, Any]], None]) -> None:
+    """Change the clone recipe stored in the registry for ``template``."""
+    admin = connect_url(url.with_database(""), autocommit=True)
+    try:
+        table = quote_ident(REGISTRY) + ".`databases`"
+        recipe = json.loads(_query(admin, "SELECT recipe FROM " + table + " WHERE name = %s", (template,))[0][0])
+        edit(recipe)
+        _query(admin, "UPDATE " + table + " SET recipe = %s WHERE name = %s", (json.dumps(recipe), template))
+    finally:
+        admin.close()
+
+
 def _show_create(conn: Any, table: str) -> str:
     return str(_query(conn, "SHOW CREATE TABLE " + quote_ident(table))[0][1])
 
@@ -409,14 +421,11 @@ def test_a_table_that_fails_on_any_connection_leaves_nothing(
     tpl = made.name()
     script = "".join(f"CREATE TABLE t{i} (id INT PRIMARY KEY);\n" for i in range(6))
     _build_template(backend, tpl, script, "fail")
-    admin = connect_url(mysql_url.with_database(""), autocommit=True)
-    try:
-        table = quote_ident(REGISTRY) + ".`databases`"
-        recipe = json.loads(_query(admin, "SELECT recipe FROM " + table + " WHERE name = %s", (tpl,))[0][0])
-        recipe["tables"][ddl_connections - 1]["create"] = ["CREATE TABLE broken (id NOT_A_TYPE)"]  # the last share
-        _query(admin, "UPDATE " + table + " SET recipe = %s WHERE name = %s", (json.dumps(recipe), tpl))
-    finally:
-        admin.close()
+
+    def break_last_share(recipe: dict[str, Any]) -> None:
+        recipe["tables"][ddl_connections - 1]["create"] = ["CREATE TABLE broken (id NOT_A_TYPE)"]
+
+    _edit_recipe(mysql_url, tpl, break_last_share)
     other = MySQLBackend(mysql_url)  # no cached recipe
     try:
         name = made.name()
@@ -451,15 +460,12 @@ def test_views_out_of_order_are_retried(backend: MySQLBackend, made: Made, mysql
         "CREATE VIEW a_top AS SELECT COUNT(*) AS n FROM v_mid;\n"
     )
     _build_template(backend, tpl, script, "views")
-    admin = connect_url(mysql_url.with_database(""), autocommit=True)
-    try:
-        table = quote_ident(REGISTRY) + ".`databases`"
-        recipe = json.loads(_query(admin, "SELECT recipe FROM " + table + " WHERE name = %s", (tpl,))[0][0])
+
+    def hide_dependencies(recipe: dict[str, Any]) -> None:
         assert [v["name"] for v in recipe["views"]] == ["v_base", "v_mid", "a_top"]  # dependency order
         recipe["views"].reverse()  # as if the dependencies could not be seen
-        _query(admin, "UPDATE " + table + " SET recipe = %s WHERE name = %s", (json.dumps(recipe), tpl))
-    finally:
-        admin.close()
+
+    _edit_recipe(mysql_url, tpl, hide_dependencies)
     other = MySQLBackend(mysql_url)  # no cached recipe
     try:
         name = made.name()
