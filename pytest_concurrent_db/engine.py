@@ -23,7 +23,7 @@ import threading
 import time
 from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
@@ -272,7 +272,7 @@ class Engine:
                 connection.commit()
             finally:
                 connection.close()
-            ready = Marker(**{**marker.__dict__, "state": "ready", "created": time.time()})
+            ready = _ready(marker)
             self.backend.set_marker(name, ready)
         except BaseException:
             with contextlib.suppress(Exception):  # the original error matters more; leftovers are reaped
@@ -400,7 +400,7 @@ class Engine:
         directory, server = self._intents
         directory.mkdir(parents=True, exist_ok=True)
         intent = directory / f"{server}{name}.json"
-        intent.write_text(Marker(**{**marker.__dict__, "state": "building"}).encode(), encoding="utf-8")
+        intent.write_text(replace(marker, state="building").encode(), encoding="utf-8")
         try:
             create()
         finally:
@@ -541,7 +541,7 @@ class Engine:
             marker = self._marker("spare", template, state="building", fingerprint=build)
             self._clone_with_intent(backend, template, name, marker)
             try:
-                backend.set_marker(name, Marker(**{**marker.__dict__, "state": "ready", "created": time.time()}))
+                backend.set_marker(name, _ready(marker))
             except BaseException:
                 with contextlib.suppress(Exception):
                     backend.drop(name)
@@ -563,7 +563,7 @@ class Engine:
             return
         marker = self.backend.get_marker(self.database.name)
         if marker is not None:
-            self.backend.set_marker(self.database.name, Marker(**{**marker.__dict__, "state": "kept"}))
+            self.backend.set_marker(self.database.name, replace(marker, state="kept"))
         self.backend.release_lock(f"clone:{self.database.name}")
         self.database = None
         self.wait_for_spares()
@@ -761,6 +761,11 @@ class Entry:
     live: bool
     age_seconds: float
     size_bytes: int | None
+
+
+def _ready(marker: Marker) -> Marker:
+    """``marker`` of a database that is complete now."""
+    return replace(marker, state="ready", created=time.time())
 
 
 def _build_id(marker: Marker | None) -> str:
