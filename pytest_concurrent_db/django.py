@@ -330,7 +330,7 @@ def _url_and_base(alias: str) -> tuple[DatabaseURL, str]:
     vendor = connection.vendor
     if vendor not in _SUPPORTED:
         raise ConcurrentDBError(
-            f"concurrent-db: Django database {alias!r} uses {settings_dict['ENGINE']} ({vendor}); "
+            f"Django database {alias!r} uses {settings_dict['ENGINE']} ({vendor}); "
             f"--concurrent-db supports sqlite3, postgresql and mysql: run without --concurrent-db"
         )
     if vendor == "sqlite":
@@ -339,7 +339,7 @@ def _url_and_base(alias: str) -> tuple[DatabaseURL, str]:
             return DatabaseURL(backend="sqlite", database=""), f"test_{alias}"
         return DatabaseURL(backend="sqlite", database=str(test_name)), Path(test_name).stem
     if not settings_dict.get("NAME") and not settings_dict["TEST"].get("NAME"):
-        raise ConcurrentDBError(f"concurrent-db: Django database {alias!r} has no NAME; set DATABASES[{alias!r}]")
+        raise ConcurrentDBError(f"Django database {alias!r} has no NAME; set DATABASES[{alias!r}]")
     host = settings_dict.get("HOST") or ("localhost" if vendor == "mysql" else None)
     options = settings_dict.get("OPTIONS") or {}
     query = tuple((str(k), str(v)) for k, v in options.items() if isinstance(v, (str, int)) and not isinstance(v, bool))

@@ -290,11 +290,7 @@ class Engine:
         try:
             file_lock.acquire()
         except Timeout:
-            raise LockTimeoutError(
-                f"concurrent-db: timed out after {self.lock_timeout:g}s waiting for the template lock {path} "
-                f"(held by {_holder(path)}); raise --concurrent-db-lock-timeout "
-                f"(ini concurrent_db_lock_timeout, env CONCURRENT_DB_LOCK_TIMEOUT) or stop that process"
-            ) from None
+            raise LockTimeoutError(f"the template lock {path}", self.lock_timeout, _holder(path)) from None
         try:
             _write_holder(path, self.run_id, self.worker_id)
             remaining = max(self.lock_timeout - (time.monotonic() - started), 0.1)
@@ -302,10 +298,8 @@ class Engine:
             try:
                 self.backend.acquire_lock(key, remaining)
             except LockTimeoutError as exc:
-                raise LockTimeoutError(
-                    f"concurrent-db: timed out after {self.lock_timeout:g}s waiting for the template lock of "
-                    f"{name}: {str(exc).removeprefix('concurrent-db: ')}"
-                ) from None
+                lock = f"the template lock of {name} ({exc.lock})"
+                raise LockTimeoutError(lock, self.lock_timeout, exc.holder) from None
             try:
                 yield
             finally:
@@ -320,7 +314,7 @@ class Engine:
         spares enabled (and ``refill``), a spare for the next run is then made in the
         background."""
         if self.template is None:
-            raise ConcurrentDBError("concurrent-db: internal error: create_clone() before ensure_template()")
+            raise ConcurrentDBError("internal error: create_clone() before ensure_template()")
         started = time.perf_counter()
         name = self._claim_spare()
         self.stats.spare_claimed = name is not None
@@ -360,7 +354,7 @@ class Engine:
         name = clone_name(self.base, self.run_id, self.worker_id)
         if not self.backend.try_lock(f"clone:{name}"):
             raise ConcurrentDBError(
-                f"concurrent-db: database {name} is in use by another live process (its lock is held); "
+                f"database {name} is in use by another live process (its lock is held); "
                 f"this should not happen with unique run ids: stop the other run and retry"
             )
         if self.backend.exists(name):  # left by an earlier process of this worker id
@@ -536,7 +530,7 @@ class Engine:
         name = spare_name(self.base, self.worker_id)
         key = f"clone:{name}"
         if not backend.try_lock(key):
-            raise ConcurrentDBError(f"concurrent-db: the lock of new spare {name} is held by another process")
+            raise ConcurrentDBError(f"the lock of new spare {name} is held by another process")
         try:
             marker = self._marker("spare", template, state="building", fingerprint=build)
             self._clone_with_intent(backend, template, name, marker)
@@ -840,6 +834,6 @@ def check_url_for_xdist(url: DatabaseURL, parallel: bool) -> None:
     """An in-memory SQLite URL cannot be shared between processes."""
     if parallel and url.is_memory:
         raise ConfigError(
-            "concurrent-db: an in-memory SQLite URL cannot be shared by xdist workers; use a file URL "
+            "an in-memory SQLite URL cannot be shared by xdist workers; use a file URL "
             "such as sqlite:///tests.db or omit --concurrent-db-url for the SQLite default"
         )

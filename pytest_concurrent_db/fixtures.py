@@ -10,6 +10,7 @@ import pytest
 
 from .engine import ConcurrentDatabase
 from .errors import ConcurrentDBError
+from .options import names
 from .state import WorkerConnection, get_state
 
 __all__ = [
@@ -57,8 +58,7 @@ def concurrent_db(
     state = get_state(request.config)
     if not state.settings.enabled:
         pytest.fail(
-            "concurrent-db: the concurrent_db fixtures need the plugin enabled: pass --concurrent-db "
-            "(ini concurrent_db = true, env CONCURRENT_DB=1)",
+            f"concurrent-db: the concurrent_db fixtures need the plugin enabled: pass {names('enabled')}",
             pytrace=False,
         )
     error = ""

@@ -20,94 +20,13 @@ from pathlib import Path
 from typing import Any
 
 from .errors import ConfigError
+from .options import ISOLATION_MODES, OPTIONS, Option, option
 from .url import DatabaseURL, parse_url
 
-__all__ = ["ISOLATION_MODES", "OPTIONS", "Option", "Settings", "resolve"]
+__all__ = ["ISOLATION_MODES", "OPTIONS", "Option", "Settings", "option", "resolve", "resolve_one"]
 
-ISOLATION_MODES = ("strict", "default", "warn", "off")
 _TRUE = {"1", "true", "yes", "on"}
 _FALSE = {"0", "false", "no", "off", ""}
-
-
-@dataclass(frozen=True)
-class Option:
-    """One setting: its names in every source, its type, default and help."""
-
-    name: str
-    kind: str  # "bool" | "str" | "int" | "float" | "paths" | "choice" | "spares" (int or "auto")
-    default: Any
-    help: str
-    choices: tuple[str, ...] = ()
-    metavar: str | None = None
-
-    @property
-    def flag(self) -> str:
-        return "--concurrent-db" if self.name == "enabled" else "--concurrent-db-" + self.name.replace("_", "-")
-
-    @property
-    def ini(self) -> str:
-        return "concurrent_db" if self.name == "enabled" else "concurrent_db_" + self.name
-
-    @property
-    def env(self) -> str:
-        return "CONCURRENT_DB" if self.name == "enabled" else "CONCURRENT_DB_" + self.name.upper()
-
-    @property
-    def dest(self) -> str:
-        return "concurrent_db_" + self.name
-
-    def names(self) -> str:
-        """``--flag (ini key, env VAR)``, for error messages."""
-        return f"{self.flag} (ini {self.ini}, env {self.env})"
-
-
-OPTIONS: tuple[Option, ...] = (
-    Option("enabled", "bool", False, "Give every xdist worker its own database, cloned from a shared template"),
-    Option(
-        "url",
-        "str",
-        None,
-        "Database URL: sqlite:///file.db, postgresql://user@host/db or mysql://user@host/db "
-        "(default: SQLite files under pytest's cache and temp directories)",
-        metavar="URL",
-    ),
-    Option("schema", "paths", (), "SQL files applied in order to build the template", metavar="FILE"),
-    Option("keep", "bool", False, "Keep the worker databases after the run, for debugging"),
-    Option("rebuild", "bool", False, "Rebuild the template even if an up-to-date one exists"),
-    Option("lock_timeout", "float", 300.0, "Seconds to wait for the template lock (default: 300)", metavar="SECONDS"),
-    Option(
-        "keep_templates",
-        "int",
-        2,
-        "How many out-of-date templates to keep per database name (older unused ones are dropped; default: 2)",
-        metavar="N",
-    ),
-    Option(
-        "clone_strategy",
-        "choice",
-        "auto",
-        "PostgreSQL 15+ clone strategy: auto (WAL_LOG up to 256 MB templates, FILE_COPY above), wal_log or file_copy",
-        choices=("auto", "wal_log", "file_copy"),
-    ),
-    Option(
-        "spares",
-        "spares",
-        "auto",
-        "PostgreSQL/MySQL: pristine clones per worker made in the background while the tests run, "
-        "so that the next run starts without copying: auto (1 once a copy took 0.25 s on MySQL, 1 s on PostgreSQL), "
-        "a number, or 0 for none",
-        metavar="N|auto",
-    ),
-    Option(
-        "isolation",
-        "choice",
-        "default",
-        "Isolation check after each test: strict (errors, plus leaked-row counts), "
-        "default (sharing is an error, leftovers a warning), warn, off",
-        choices=ISOLATION_MODES,
-    ),
-)
-_BY_NAME = {option.name: option for option in OPTIONS}
 
 
 @dataclass(frozen=True)
@@ -203,7 +122,7 @@ def _convert(option: Option, value: Any, source: str, base: Path) -> Any:
             return True
         if text in _FALSE:
             return False
-        raise ConfigError(f"concurrent-db: {source} must be true or false, not {value!r}; fix {option.names()}")
+        raise ConfigError(f"{source} must be true or false, not {value!r}; fix {option.names()}")
     if option.kind == "float":
         try:
             number = float(value)
@@ -211,7 +130,7 @@ def _convert(option: Option, value: Any, source: str, base: Path) -> Any:
             number = -1.0
         if not number > 0:
             raise ConfigError(
-                f"concurrent-db: {source} must be a positive number of seconds, not {value!r}; fix {option.names()}"
+                f"{source} must be a positive number of seconds, not {value!r}; fix {option.names()}"
             )
         return number
     if option.kind == "spares" and str(value).strip().lower() == "auto":
@@ -223,7 +142,7 @@ def _convert(option: Option, value: Any, source: str, base: Path) -> Any:
             count = -1
         if count < 0:
             raise ConfigError(
-                f"concurrent-db: {source} must be a whole number >= 0{' or auto' if option.kind == 'spares' else ''}, "
+                f"{source} must be a whole number >= 0{' or auto' if option.kind == 'spares' else ''}, "
                 f"not {value!r}; fix {option.names()}"
             )
         return count
@@ -231,7 +150,7 @@ def _convert(option: Option, value: Any, source: str, base: Path) -> Any:
         text = str(value).strip().lower()
         if text not in option.choices:
             raise ConfigError(
-                f"concurrent-db: {source} must be one of {', '.join(option.choices)}, not {value!r}; "
+                f"{source} must be one of {', '.join(option.choices)}, not {value!r}; "
                 f"fix {option.names()}"
             )
         return text
@@ -240,13 +159,13 @@ def _convert(option: Option, value: Any, source: str, base: Path) -> Any:
             items = _split_paths(value)
         except ValueError as exc:
             raise ConfigError(
-                f"concurrent-db: {source} is not a valid list of files ({exc}); fix {option.names()}"
+                f"{source} is not a valid list of files ({exc}); fix {option.names()}"
             ) from None
         paths = tuple(p if p.is_absolute() else base / p for p in items)
         for path in paths:
             if not path.is_file():
                 raise ConfigError(
-                    f"concurrent-db: schema file {str(path)!r} (from {source}) does not exist; "
+                    f"schema file {str(path)!r} (from {source}) does not exist; "
                     f"fix the path in {option.names()}"
                 )
         return paths
@@ -261,8 +180,3 @@ def _split_paths(value: Any) -> list[Path]:
     if isinstance(value, (list, tuple)):
         return [Path(str(item)) for item in value if str(item)]
     return [Path(p) for part in shlex.split(str(value)) for p in part.split(",") if p]
-
-
-def option(name: str) -> Option:
-    """The option called ``name``."""
-    return _BY_NAME[name]

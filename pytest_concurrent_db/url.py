@@ -15,6 +15,7 @@ from dataclasses import dataclass, field, replace
 from urllib.parse import parse_qsl, quote, unquote, urlencode, urlsplit
 
 from .errors import ConfigError
+from .options import names
 
 __all__ = ["DatabaseURL", "parse_url"]
 
@@ -31,7 +32,7 @@ _SCHEMES = {
     "mariadb+pymysql": "mysql",
 }
 _DEFAULT_PORTS = {"postgresql": 5432, "mysql": 3306}
-_FIX = "fix --concurrent-db-url (ini concurrent_db_url, env CONCURRENT_DB_URL)"
+_FIX = f"fix {names('url')}"
 
 
 @dataclass(frozen=True)
@@ -86,14 +87,14 @@ def parse_url(text: str) -> DatabaseURL:
     text = text.strip()
     if "://" not in text:
         raise ConfigError(
-            f"concurrent-db: malformed database URL {_redact(text)!r}: expected "
+            f"malformed database URL {_redact(text)!r}: expected "
             f"scheme://... such as sqlite:///tests.db or postgresql://user@host/db; {_FIX}"
         )
     scheme = text.split("://", 1)[0].lower()
     backend = _SCHEMES.get(scheme)
     if backend is None:
         raise ConfigError(
-            f"concurrent-db: unknown database URL scheme {scheme!r} in {_redact(text)!r}: "
+            f"unknown database URL scheme {scheme!r} in {_redact(text)!r}: "
             f"use sqlite://, postgresql:// or mysql:// (mariadb://); {_FIX}"
         )
     if backend == "sqlite":
@@ -108,13 +109,13 @@ def parse_url(text: str) -> DatabaseURL:
         port = parts.port
     except ValueError:
         raise ConfigError(
-            f"concurrent-db: malformed database URL {_redact(text)!r}: the port must be a number from 0 to "
+            f"malformed database URL {_redact(text)!r}: the port must be a number from 0 to "
             f"65535 (percent-encode '/', ':' and '@' in the password); {_FIX}"
         ) from None
     database = unquote(parts.path.lstrip("/"))
     if "/" in database:
         raise ConfigError(
-            f"concurrent-db: malformed database URL {_redact(text)!r}: the path must be a single database name; {_FIX}"
+            f"malformed database URL {_redact(text)!r}: the path must be a single database name; {_FIX}"
         )
     return DatabaseURL(
         backend=backend,

@@ -28,7 +28,7 @@ def require_driver(backend: str) -> Any:
         return importlib.import_module(module)
     except ImportError:
         raise ConfigError(
-            f"concurrent-db: the {backend} backend needs {label}, which is not installed: "
+            f"the {backend} backend needs {label}, which is not installed: "
             f"pip install 'pytest-concurrent-db[{backend}]'"
         ) from None
 

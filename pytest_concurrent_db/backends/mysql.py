@@ -48,6 +48,7 @@ from ..errors import (
     PrivilegeError,
     ScriptError,
 )
+from ..options import names
 from ..sqlscript import split_sql
 from ..url import DatabaseURL
 from .base import DatabaseInfo, Marker, retake_locks
@@ -64,11 +65,7 @@ _REGISTRY_TABLE = quote_ident(REGISTRY) + "." + quote_ident("databases")
 #: for templates with at least this many tables (below, opening a connection costs more).
 _DDL_CONNECTIONS = 2
 _PARALLEL_DDL_FROM = 30
-_URL_FIX = "fix --concurrent-db-url (ini concurrent_db_url, env CONCURRENT_DB_URL)"
-_LOCK_FIX = (
-    "raise --concurrent-db-lock-timeout (ini concurrent_db_lock_timeout, env CONCURRENT_DB_LOCK_TIMEOUT) "
-    "or stop that process"
-)
+_URL_FIX = f"fix {names('url')}"
 _PRIVILEGES = (
     "CREATE, DROP, ALTER, INDEX, REFERENCES, SELECT, INSERT, UPDATE, DELETE, CREATE VIEW, SHOW VIEW, "
     "TRIGGER, CREATE ROUTINE, ALTER ROUTINE, EXECUTE, EVENT"
@@ -182,7 +179,7 @@ class MySQLBackend:
             if _errno(exc) in _AUTH_ERRORS
             else (f"start the server or {_URL_FIX}")
         )
-        return f"concurrent-db: cannot connect to MySQL at {self.url.render()}: {reason}; {fix}"
+        return f"cannot connect to MySQL at {self.url.render()}: {reason}; {fix}"
 
     def _control(self) -> Any:
         if self._conn is None or not self._conn.open:
@@ -287,7 +284,7 @@ class MySQLBackend:
                 raise
             account = self._account()
             raise PrivilegeError(
-                f"concurrent-db: MySQL user {account} at {self.url.render()} may not create databases "
+                f"MySQL user {account} at {self.url.render()} may not create databases "
                 f"({_server_message(exc)}); grant it with GRANT {_PRIVILEGES} ON *.* TO {account} "
                 f"(or only ON `cdb\\_%`.* and ON {quote_ident(REGISTRY)}.*)"
             ) from None
@@ -312,7 +309,7 @@ class MySQLBackend:
         """Write ``name``'s registry row; False if the database already exists (ours or not)."""
         if len(name) > self.max_name_length:
             raise ConcurrentDBError(
-                f"concurrent-db: MySQL database name {name!r} is longer than {self.max_name_length} characters"
+                f"MySQL database name {name!r} is longer than {self.max_name_length} characters"
             )
         self._ensure_registry()
         try:
@@ -378,7 +375,7 @@ class MySQLBackend:
         self._ensure_registry()
         if not self._registry_rows(name):
             raise NotOursError(
-                f"concurrent-db: refusing to mark MySQL database {name!r}: it has no row in "
+                f"refusing to mark MySQL database {name!r}: it has no row in "
                 f"{REGISTRY}.databases, so pytest-concurrent-db did not create it"
             )
         recipe = None
@@ -409,7 +406,7 @@ class MySQLBackend:
         marker = Marker.decode(rows[0][0]) if rows else None
         if not rows or rows[0][1] is None or marker is None or marker.kind != "template" or marker.state != "ready":
             raise ConcurrentDBError(
-                f"concurrent-db: cannot clone MySQL database {template!r}: it is not a ready template "
+                f"cannot clone MySQL database {template!r}: it is not a ready template "
                 f"(no clone recipe in {REGISTRY}.databases); build it and mark it ready first"
             )
         recipe: dict[str, Any] = json.loads(rows[0][1])
@@ -474,12 +471,12 @@ class MySQLBackend:
 
     def drop(self, name: str) -> None:
         if name == REGISTRY:
-            raise NotOursError(f"concurrent-db: refusing to drop {REGISTRY!r}: it is the registry of our databases")
+            raise NotOursError(f"refusing to drop {REGISTRY!r}: it is the registry of our databases")
         if not self.exists(name):
             return  # a row without database is harmless: the next create of that name reuses it
         if Marker.decode(self._registry_rows(name).get(name)) is None:
             raise NotOursError(
-                f"concurrent-db: refusing to drop MySQL database {name!r}: it has no marker in "
+                f"refusing to drop MySQL database {name!r}: it has no marker in "
                 f"{REGISTRY}.databases, so pytest-concurrent-db did not create it; drop it yourself if it is garbage"
             )
         self._drop_database(name)
@@ -512,7 +509,7 @@ class MySQLBackend:
                     holders = self._lock_holders(name)
                     if time.monotonic() > deadline:
                         raise ConcurrentDBError(
-                            f"concurrent-db: cannot drop MySQL database {name!r}: metadata locks held for "
+                            f"cannot drop MySQL database {name!r}: metadata locks held for "
                             f"{_DROP_DEADLINE:g}s by MySQL connections {holders or '(not visible)'}; end those "
                             f"sessions (a transaction left open in another database can hold them)"
                         ) from None
@@ -579,7 +576,7 @@ class MySQLBackend:
                     snippet = statement.snippet()
                     message = exc.args[1] if len(exc.args) > 1 else exc
                     raise ScriptError(
-                        f"concurrent-db: {source}:{statement.line}: {snippet}: {_one_line(message)}",
+                        f"{source}:{statement.line}: {snippet}: {_one_line(message)}",
                         source,
                         statement.line,
                         snippet,
@@ -696,7 +693,7 @@ class MySQLBackend:
             if _errno(exc) != ER_USER_LOCK_DEADLOCK:
                 raise
             raise LockTimeoutError(
-                f"concurrent-db: waiting for MySQL lock {key!r} would deadlock with {self._holder(key)}; {_LOCK_FIX}"
+                f"the MySQL lock {key!r}, which would deadlock", timeout, self._holder(key)
             ) from None
         if row and row[0][0] == 1:
             self._held.add(key)
@@ -709,8 +706,7 @@ class MySQLBackend:
     def acquire_lock(self, key: str, timeout: float) -> None:
         if not self._get_lock(key, timeout):
             raise LockTimeoutError(
-                f"concurrent-db: timed out after {timeout:g}s waiting for lock {key!r} "
-                f"(MySQL GET_LOCK {self._lock_name(key)!r}) held by {self._holder(key)}; {_LOCK_FIX}"
+                f"the MySQL lock {key!r} (GET_LOCK {self._lock_name(key)!r})", timeout, self._holder(key)
             )
 
     def _holder(self, key: str) -> str:
@@ -734,7 +730,7 @@ class MySQLBackend:
             with contextlib.suppress(Exception):  # only to name it
                 holder = self._holder(key)
             raise ConcurrentDBError(
-                f"concurrent-db: lost the MySQL lock {key!r} (GET_LOCK {self._lock_name(key)!r}): the server "
+                f"lost the MySQL lock {key!r} (GET_LOCK {self._lock_name(key)!r}): the server "
                 f"ended our control connection to {self.url} (KILL, a restart, wait_timeout or the network) "
                 f"and {holder} took the lock before we could take it again; what it guarded may have been "
                 "dropped by that session (our cleanup went on)"

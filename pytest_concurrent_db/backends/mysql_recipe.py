@@ -192,7 +192,7 @@ def capture_recipe(cursor: Any, template: str) -> dict[str, Any]:
     schema_row = next((row for row in schemata if row[0] == template), None)
     if schema_row is None:
         raise ConcurrentDBError(
-            f"concurrent-db: cannot capture the clone recipe of MySQL database {template!r}: it does not exist"
+            f"cannot capture the clone recipe of MySQL database {template!r}: it does not exist"
         )
     tables = [str(r[0]) for r in tables_rows if r[1] in _BASE_TABLE_TYPES]
     views = [str(r[0]) for r in tables_rows if r[1] == "VIEW"]
@@ -227,7 +227,7 @@ def capture_recipe(cursor: Any, template: str) -> dict[str, Any]:
         rows = next(results)
         if not rows:
             raise ConcurrentDBError(
-                f"concurrent-db: cannot capture the clone recipe of MySQL database {template!r}: "
+                f"cannot capture the clone recipe of MySQL database {template!r}: "
                 f"{what!r} vanished while it was read; the template must not change once ready"
             )
         return tuple(rows[0])
@@ -251,7 +251,7 @@ def capture_recipe(cursor: Any, template: str) -> dict[str, Any]:
         row = one(routine)
         if row[2] is None:
             raise PrivilegeError(
-                f"concurrent-db: cannot read the definition of {kind.lower()} {routine!r} in MySQL database "
+                f"cannot read the definition of {kind.lower()} {routine!r} in MySQL database "
                 f"{template!r} (SHOW CREATE {kind} returned NULL): connect as its definer or grant "
                 f"SELECT on mysql.proc (MariaDB) / SHOW_ROUTINE (MySQL) to the user of --concurrent-db-url"
             )
@@ -474,5 +474,5 @@ def _run_batch(cursor: Any, steps: list[tuple[str, str]], start: int) -> int:
             raise
         raise _BatchError(index, exc) from None
     if index != end:
-        raise ConcurrentDBError(f"concurrent-db: expected {end - start} results from MySQL, got {index - start}")
+        raise ConcurrentDBError(f"expected {end - start} results from MySQL, got {index - start}")
     return end

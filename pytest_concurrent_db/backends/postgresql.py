@@ -34,13 +34,14 @@ from ..errors import (
     ScriptError,
 )
 from ..naming import lock_key
+from ..options import names
 from ..sqlscript import Statement, split_sql
 from ..url import DatabaseURL
 from .base import DatabaseInfo, Marker, retake_locks
 
 __all__ = ["PostgreSQLBackend"]
 
-_FIX_URL = "fix --concurrent-db-url (ini concurrent_db_url, env CONCURRENT_DB_URL)"
+_FIX_URL = f"fix {names('url')}"
 _STRATEGIES = ("wal_log", "file_copy")
 #: With ``--concurrent-db-clone-strategy auto``, templates larger than this are cloned with FILE_COPY.
 #: Measured (bench/results/strategy-threshold.md): WAL_LOG writes every block to the WAL (3-5 ms/MB),
@@ -86,9 +87,8 @@ class PostgreSQLBackend:
     ) -> None:
         if strategy and strategy.lower() not in _STRATEGIES:
             raise ConfigError(
-                f"concurrent-db: unknown PostgreSQL clone strategy {strategy!r}: use "
-                "wal_log or file_copy (--concurrent-db-clone-strategy, ini "
-                "concurrent_db_clone_strategy, env CONCURRENT_DB_CLONE_STRATEGY)"
+                f"unknown PostgreSQL clone strategy {strategy!r}: use "
+                f"wal_log or file_copy ({names('clone_strategy')})"
             )
         self.url = url
         self.application_name = application_name
@@ -122,7 +122,7 @@ class PostgreSQLBackend:
         if self.url.password:
             reason = reason.replace(self.url.password, "***")
         return BackendUnavailableError(
-            f"concurrent-db: cannot connect to PostgreSQL at {(url or self.url).render()}: {reason}; "
+            f"cannot connect to PostgreSQL at {(url or self.url).render()}: {reason}; "
             f"start the server or {_FIX_URL}"
         )
 
@@ -233,7 +233,7 @@ class PostgreSQLBackend:
         rows = self._exec("SELECT current_user, rolcreatedb OR rolsuper FROM pg_roles WHERE rolname = current_user")
         if not rows or not rows[0][1]:
             raise PrivilegeError(
-                f"concurrent-db: PostgreSQL user {rows[0][0] if rows else self.url.username!r} at "
+                f"PostgreSQL user {rows[0][0] if rows else self.url.username!r} at "
                 f"{self.url} may not create databases (checked rolcreatedb and rolsuper): run "
                 f"{self._grant_fix()} as a superuser, or use another user: {_FIX_URL}"
             )
@@ -242,7 +242,7 @@ class PostgreSQLBackend:
     def _check_name(self, name: str) -> None:
         if not name or "\x00" in name or len(name.encode()) > self.max_name_length:
             raise ConcurrentDBError(
-                f"concurrent-db: invalid PostgreSQL database name {name!r}: it must "
+                f"invalid PostgreSQL database name {name!r}: it must "
                 f"be 1 to {self.max_name_length} bytes (longer ones are truncated)"
             )
 
@@ -289,26 +289,26 @@ class PostgreSQLBackend:
             except errors.ObjectInUse:
                 if time.monotonic() + delay >= deadline:
                     raise ConcurrentDBError(
-                        f"concurrent-db: cannot {what}: {source!r} was still in use after "
+                        f"cannot {what}: {source!r} was still in use after "
                         f"{self.in_use_timeout:g}s by {', '.join(self._sessions(source)) or 'other sessions'}; "
                         "close those sessions (nothing may be connected to a database being copied)"
                     ) from None
                 time.sleep(delay)
                 delay = min(delay * 2, 1.0)
             except (errors.DuplicateDatabase, errors.UniqueViolation):
-                raise ConcurrentDBError(f"concurrent-db: cannot {what}: database {name!r} already exists") from None
+                raise ConcurrentDBError(f"cannot {what}: database {name!r} already exists") from None
             except errors.InsufficientPrivilege as exc:
                 raise PrivilegeError(
-                    f"concurrent-db: cannot {what}: {_reason(exc)}; run "
+                    f"cannot {what}: {_reason(exc)}; run "
                     f"{self._grant_fix()} as a superuser, or {_FIX_URL}"
                 ) from None
             except errors.InvalidCatalogName:
                 raise ConcurrentDBError(
-                    f"concurrent-db: cannot {what}: database {source!r} does not exist (pruned by another run?)"
+                    f"cannot {what}: database {source!r} does not exist (pruned by another run?)"
                 ) from None
             except psycopg.Error as exc:  # e.g. an invalid (half-dropped) template
                 if not conn.closed or lost_once:
-                    raise ConcurrentDBError(f"concurrent-db: cannot {what}: {_reason(exc)}") from exc
+                    raise ConcurrentDBError(f"cannot {what}: {_reason(exc)}") from exc
                 # the server ended the control session: done if the database is there (the name is
                 # ours alone: unique to this run and process, guarded by its lock), else once more
                 lost_once = True
@@ -330,7 +330,7 @@ class PostgreSQLBackend:
             if not isinstance(exc, psycopg.Error):
                 raise
             error = PrivilegeError if isinstance(exc, errors.InsufficientPrivilege) else ConcurrentDBError
-            raise error(f"concurrent-db: cannot {what}: {_reason(exc)}; the new database was dropped") from exc
+            raise error(f"cannot {what}: {_reason(exc)}; the new database was dropped") from exc
 
     def create(self, name: str, marker: Marker) -> None:
         """Create ``name`` from the default template (template0 when our own control
@@ -350,7 +350,7 @@ class PostgreSQLBackend:
         row = self._row(name)
         if row is None or Marker.decode(row[1]) is None:
             raise NotOursError(
-                f"concurrent-db: refusing to mark database {name!r}: it "
+                f"refusing to mark database {name!r}: it "
                 f"{'does not exist' if row is None else 'carries no pytest-concurrent-db marker'}"
             )
         self._comment(name, marker)
@@ -437,12 +437,12 @@ class PostgreSQLBackend:
             return
         if name == self.url.database:  # belt and braces: the user's database is never ours
             raise NotOursError(
-                f"concurrent-db: refusing to drop {name!r}: it is the database of "
+                f"refusing to drop {name!r}: it is the database of "
                 "--concurrent-db-url, which is never dropped"
             )
         if Marker.decode(row[1]) is None:
             raise NotOursError(
-                f"concurrent-db: refusing to drop database {name!r}: it carries no "
+                f"refusing to drop database {name!r}: it carries no "
                 "pytest-concurrent-db marker (COMMENT ON DATABASE), so we did not "
                 "create it; drop it yourself if it is a leftover"
             )
@@ -452,7 +452,7 @@ class PostgreSQLBackend:
             self._force_drop(name)
         except psycopg.Error as exc:  # e.g. prepared transactions or replication slots on it
             error = PrivilegeError if isinstance(exc, errors.InsufficientPrivilege) else ConcurrentDBError
-            raise error(f"concurrent-db: cannot drop database {name!r}: {_reason(exc)}") from exc
+            raise error(f"cannot drop database {name!r}: {_reason(exc)}") from exc
 
     # -- scripts --------------------------------------------------------------------
     def build_statements(self) -> tuple[str, ...]:
@@ -482,7 +482,7 @@ class PostgreSQLBackend:
         reason = _reason(error)
         where = f"{source}:{failed.line}: {failed.snippet()}" if failed else source
         raise ScriptError(
-            f"concurrent-db: {where}: {reason}",
+            f"{where}: {reason}",
             source,
             failed.line if failed else 0,
             failed.snippet() if failed else "",
@@ -584,9 +584,7 @@ class PostgreSQLBackend:
         while not self.try_lock(key):
             if time.monotonic() >= deadline:
                 raise LockTimeoutError(
-                    f"concurrent-db: timed out after {timeout:g}s waiting for the PostgreSQL "
-                    f"advisory lock {key!r} (key {lock_key(key)}) held by {self._holder(key)}; "
-                    "raise --concurrent-db-lock-timeout or stop that process"
+                    f"the PostgreSQL advisory lock {key!r} (key {lock_key(key)})", timeout, self._holder(key)
                 )
             time.sleep(max(0.0, min(delay, deadline - time.monotonic())))
             delay = min(delay * 2, 0.5)
@@ -626,7 +624,7 @@ class PostgreSQLBackend:
             with contextlib.suppress(psycopg.Error, ConcurrentDBError):
                 holder = self._holder(key)
             raise ConcurrentDBError(
-                f"concurrent-db: lost the PostgreSQL advisory lock {key!r}: the server ended our control "
+                f"lost the PostgreSQL advisory lock {key!r}: the server ended our control "
                 f"session at {self.url} (pg_terminate_backend, a restart or the network) and {holder} "
                 "took the lock before we could take it again; what it guarded may have been dropped by "
                 "that session (our cleanup went on)"

@@ -52,7 +52,7 @@ class SQLiteBackend:
     @staticmethod
     def _check_name(name: str) -> None:
         if not name or name in (".", "..") or any(ch in name for ch in "/\\\0"):
-            raise ConfigError(f"concurrent-db: {name!r} is not a valid SQLite database name (no path separators)")
+            raise ConfigError(f"{name!r} is not a valid SQLite database name (no path separators)")
 
     def _dir_for(self, marker: Marker) -> Path:
         return self.template_dir if marker.kind == "template" else self.clone_dir
@@ -106,7 +106,7 @@ class SQLiteBackend:
                 probe.unlink()
             except OSError as exc:
                 raise BackendUnavailableError(
-                    f"concurrent-db: cannot write SQLite databases in {directory}: {exc.strerror}; "
+                    f"cannot write SQLite databases in {directory}: {exc.strerror}; "
                     f"fix its permissions or point --concurrent-db-url at a writable location"
                 ) from None
 
@@ -203,7 +203,7 @@ class SQLiteBackend:
         sidecar = self._sidecar(name)
         if path is not None and sidecar is None:
             raise NotOursError(
-                f"concurrent-db: refusing to delete {path}: it has no pytest-concurrent-db marker "
+                f"refusing to delete {path}: it has no pytest-concurrent-db marker "
                 f"({path.with_suffix('.json').name}), so it was not created by us"
             )
         if path is not None:
@@ -239,7 +239,7 @@ class SQLiteBackend:
                 connection.execute(statement.text)
             except sqlite3.Error as exc:
                 connection.rollback()
-                message = f"concurrent-db: {source}:{statement.line}: {statement.snippet()}: {exc}"
+                message = f"{source}:{statement.line}: {statement.snippet()}: {exc}"
                 raise ScriptError(message, source, statement.line, statement.snippet()) from None
         connection.commit()
 
@@ -285,10 +285,7 @@ class SQLiteBackend:
             lock.acquire()
         except Timeout:
             holder = _read_holder(path)
-            raise LockTimeoutError(
-                f"concurrent-db: timed out after {timeout:g}s waiting for lock {key!r} ({path}) held by "
-                f"{holder}; raise --concurrent-db-lock-timeout or stop that process"
-            ) from None
+            raise LockTimeoutError(f"the lock {key!r} ({path})", timeout, holder) from None
         path.with_suffix(".holder").write_text(f"pid {os.getpid()} on {socket.gethostname()}", encoding="utf-8")
         self._locks[key] = lock
 

@@ -1,0 +1,105 @@
+"""The option table: every setting declared once, with its CLI flag, ini key and env var.
+
+This module imports nothing of the package, so that every other module (errors, URL
+parsing, backends) can name an option the way the user writes it, from this table.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any
+
+__all__ = ["ISOLATION_MODES", "OPTIONS", "Option", "option"]
+
+ISOLATION_MODES = ("strict", "default", "warn", "off")
+
+
+@dataclass(frozen=True)
+class Option:
+    """One setting: its names in every source, its type, default and help."""
+
+    name: str
+    kind: str  # "bool" | "str" | "int" | "float" | "paths" | "choice" | "spares" (int or "auto")
+    default: Any
+    help: str
+    choices: tuple[str, ...] = ()
+    metavar: str | None = None
+
+    @property
+    def flag(self) -> str:
+        return "--concurrent-db" if self.name == "enabled" else "--concurrent-db-" + self.name.replace("_", "-")
+
+    @property
+    def ini(self) -> str:
+        return "concurrent_db" if self.name == "enabled" else "concurrent_db_" + self.name
+
+    @property
+    def env(self) -> str:
+        return "CONCURRENT_DB" if self.name == "enabled" else "CONCURRENT_DB_" + self.name.upper()
+
+    @property
+    def dest(self) -> str:
+        return "concurrent_db_" + self.name
+
+    def names(self) -> str:
+        """``--flag (ini key, env VAR)``, for error messages."""
+        return f"{self.flag} (ini {self.ini}, env {self.env})"
+
+
+OPTIONS: tuple[Option, ...] = (
+    Option("enabled", "bool", False, "Give every xdist worker its own database, cloned from a shared template"),
+    Option(
+        "url",
+        "str",
+        None,
+        "Database URL: sqlite:///file.db, postgresql://user@host/db or mysql://user@host/db "
+        "(default: SQLite files under pytest's cache and temp directories)",
+        metavar="URL",
+    ),
+    Option("schema", "paths", (), "SQL files applied in order to build the template", metavar="FILE"),
+    Option("keep", "bool", False, "Keep the worker databases after the run, for debugging"),
+    Option("rebuild", "bool", False, "Rebuild the template even if an up-to-date one exists"),
+    Option("lock_timeout", "float", 300.0, "Seconds to wait for the template lock (default: 300)", metavar="SECONDS"),
+    Option(
+        "keep_templates",
+        "int",
+        2,
+        "How many out-of-date templates to keep per database name (older unused ones are dropped; default: 2)",
+        metavar="N",
+    ),
+    Option(
+        "clone_strategy",
+        "choice",
+        "auto",
+        "PostgreSQL 15+ clone strategy: auto (WAL_LOG up to 256 MB templates, FILE_COPY above), wal_log or file_copy",
+        choices=("auto", "wal_log", "file_copy"),
+    ),
+    Option(
+        "spares",
+        "spares",
+        "auto",
+        "PostgreSQL/MySQL: pristine clones per worker made in the background while the tests run, "
+        "so that the next run starts without copying: auto (1 once a copy took 0.25 s on MySQL, 1 s on PostgreSQL), "
+        "a number, or 0 for none",
+        metavar="N|auto",
+    ),
+    Option(
+        "isolation",
+        "choice",
+        "default",
+        "Isolation check after each test: strict (errors, plus leaked-row counts), "
+        "default (sharing is an error, leftovers a warning), warn, off",
+        choices=ISOLATION_MODES,
+    ),
+)
+_BY_NAME = {option.name: option for option in OPTIONS}
+
+
+def option(name: str) -> Option:
+    """The option called ``name``."""
+    return _BY_NAME[name]
+
+
+def names(name: str) -> str:
+    """``--flag (ini key, env VAR)`` of the option called ``name``, for error messages."""
+    return _BY_NAME[name].names()
