@@ -32,6 +32,7 @@ from pytest_concurrent_db.errors import (
     PrivilegeError,
     ScriptError,
 )
+from pytest_concurrent_db.options import names as option_names
 from pytest_concurrent_db.url import DatabaseURL
 
 pytestmark = pytest.mark.postgresql
@@ -460,7 +461,7 @@ def test_locks_between_two_backends(postgresql_url: DatabaseURL, admin: psycopg.
         assert key in message
         assert f"pid {row[0]} " in message
         assert f"cdb-test-holder-{tag}" in message
-        assert "raise --concurrent-db-lock-timeout or stop that process" in message
+        assert f"raise {option_names('lock_timeout')} or stop that process" in message
         assert "\n" not in message
         assert pickle.loads(pickle.dumps(info.value)).args == info.value.args
 
