@@ -61,8 +61,15 @@ class Settings:
         for name in ("keep", "rebuild"):
             if getattr(self, name):
                 parts.append(f"{name} [{self.sources.get(name)}]")
-        if self.sources.get("lock_timeout", "default") != "default":
-            parts.append(f"lock-timeout={self.lock_timeout:g}s [{self.sources['lock_timeout']}]")
+        shown: dict[str, object] = {
+            "lock_timeout": f"{self.lock_timeout:g}s",
+            "spares": self.spares,
+            "clone_strategy": self.clone_strategy,
+            "keep_templates": self.keep_templates,
+        }
+        parts += [
+            f"{name.replace('_', '-')}={value} [{self.sources.get(name, 'default')}]" for name, value in shown.items()
+        ]
         return parts
 
 

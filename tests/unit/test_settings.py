@@ -438,6 +438,9 @@ def test_describe_shows_values_and_sources_but_no_password(dirs: tuple[Path, Pat
         "schema=a.sql b.sql [ini concurrent_db_schema]",
         "keep [--concurrent-db-keep]",
         "lock-timeout=12.5s [env CONCURRENT_DB_LOCK_TIMEOUT]",
+        "spares=auto [default]",
+        "clone-strategy=auto [default]",
+        "keep-templates=2 [default]",
     ]
     assert "Sup3rS3cret" not in " ".join(lines)
     assert settings.url is not None
@@ -448,4 +451,35 @@ def test_describe_defaults() -> None:
     assert run().describe() == [
         "url=sqlite (default: pytest cache + temp dirs) [default]",
         "isolation=default [default]",
+        "lock-timeout=300s [default]",
+        "spares=auto [default]",
+        "clone-strategy=auto [default]",
+        "keep-templates=2 [default]",
+    ]
+
+
+def test_describe_shows_spares_clone_strategy_and_keep_templates_with_their_sources() -> None:
+    settings = run(
+        cli={"spares": "0", "rebuild": True},
+        env={"clone_strategy": "file_copy"},
+        ini={"keep_templates": "5", "lock_timeout": "60"},
+    )
+    assert settings.describe() == [
+        "url=sqlite (default: pytest cache + temp dirs) [default]",
+        "isolation=default [default]",
+        "rebuild [--concurrent-db-rebuild]",
+        "lock-timeout=60s [ini concurrent_db_lock_timeout]",
+        "spares=0 [--concurrent-db-spares]",
+        "clone-strategy=file_copy [env CONCURRENT_DB_CLONE_STRATEGY]",
+        "keep-templates=5 [ini concurrent_db_keep_templates]",
+    ]
+
+
+def test_describe_without_recorded_sources_says_default() -> None:
+    parts = Settings(spares=3, keep_templates=0, clone_strategy="wal_log", lock_timeout=0.5).describe()
+    assert parts[-4:] == [
+        "lock-timeout=0.5s [default]",
+        "spares=3 [default]",
+        "clone-strategy=wal_log [default]",
+        "keep-templates=0 [default]",
     ]

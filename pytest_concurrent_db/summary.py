@@ -1,0 +1,170 @@
+"""The ``concurrent-db`` section of the terminal summary, rendered from typed worker reports.
+
+The controller collects one :class:`~.report.WorkerReport` per process and template and
+hands them to :func:`write_summary`; each kind of line has a small function of its own
+that returns its text (or nothing, when the line does not apply).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable, Sequence
+from typing import Protocol
+
+from .report import WorkerReport
+
+__all__ = ["Terminal", "write_summary"]
+
+#: names shown in the ``reaped:`` and ``pruned:`` lines before the rest is elided
+MAX_NAMES = 5
+
+
+class Terminal(Protocol):
+    """What the summary needs of pytest's ``TerminalReporter``."""
+
+    def section(self, title: str) -> None: ...
+
+    def write_line(self, line: str, **markup: bool) -> None: ...
+
+
+def write_summary(
+    tr: Terminal,
+    reports: Sequence[WorkerReport],
+    *,
+    run_id: str,
+    isolation: str,
+    swept: Sequence[str],
+    keep: bool,
+    default_backend: str,
+) -> None:
+    """Write the ``concurrent-db`` section: one block per template, then the run's totals.
+
+    ``swept`` are the databases of crashed workers the controller dropped at the end of
+    the run; ``default_backend`` names the backend of reports that do not carry one.
+    """
+    tr.section("concurrent-db")
+    tr.write_line(f"run: {run_id}")
+    for template, group in _by_template(reports).items():
+        ordered = sorted(group, key=_worker_order)
+        tr.write_line(_backend_line(ordered[0], default_backend))
+        tr.write_line(_template_line(template, ordered))
+        tr.write_line(_clones_line(ordered))
+        for line in (_spares_line(ordered), _teardown_line(ordered)):
+            if line is not None:
+                tr.write_line(line)
+        for line in _spare_error_lines(ordered):
+            tr.write_line(line, yellow=True)
+    if reports:
+        tr.write_line(_isolation_line(reports, isolation))
+    tr.write_line(_dropped_line(reports, swept, keep=keep))
+    for line in (_reaped_line(reports), _pruned_line(reports)):
+        if line is not None:
+            tr.write_line(line)
+
+
+def _by_template(reports: Iterable[WorkerReport]) -> dict[str, list[WorkerReport]]:
+    """Reports grouped by template, in the order each template first appears."""
+    groups: dict[str, list[WorkerReport]] = {}
+    for report in reports:
+        groups.setdefault(report.template, []).append(report)
+    return groups
+
+
+def _worker_order(report: WorkerReport) -> tuple[int, str]:
+    """Sort key putting ``gw2`` before ``gw10`` (and ``main``, without a number, first)."""
+    digits = "".join(ch for ch in report.worker_id if ch.isdigit())
+    return (int(digits) if digits else -1, report.worker_id)
+
+
+def _backend_line(first: WorkerReport, default_backend: str) -> str:
+    return f"backend: {first.backend or default_backend}  url: {first.url or 'sqlite (default)'}"
+
+
+def _template_line(template: str, group: Sequence[WorkerReport]) -> str:
+    builder = next((r for r in group if r.template_built), None)
+    if builder is not None:
+        how = f"built by {builder.worker_id} in {builder.template_seconds:.2f}s"
+    elif any(r.clone for r in group):
+        how = "reused (inputs unchanged)"
+    else:
+        how = "not ready (setup failed)"
+    waited = max(r.lock_wait_seconds for r in group)
+    return f"template: {template} {how}; longest lock wait {waited:.2f}s"
+
+
+def _clones_line(ordered: Sequence[WorkerReport]) -> str:
+    clones = ", ".join(
+        f"{r.worker_id} {r.clone_seconds:.3f}s{' (spare)' if r.spare_claimed else ''}" for r in ordered if r.clone
+    )
+    method = _clone_method(ordered)
+    return f"clones ({method}): {clones}" if method else f"clones: {clones}"
+
+
+def _clone_method(ordered: Sequence[WorkerReport]) -> str:
+    """How this run copied the template; a claimed spare's method only when nothing was copied."""
+    copied = [r.method for r in ordered if r.method and not r.spare_claimed]
+    claimed = [r.method for r in ordered if r.method]
+    return (copied or claimed or [""])[0]
+
+
+def _spares_line(ordered: Sequence[WorkerReport]) -> str | None:
+    made = [r for r in ordered if r.spares_made]
+    if not made:
+        return None
+    each = ", ".join(f"{r.worker_id} {r.spare_seconds:.2f}s" for r in made)
+    total = sum(r.spares_made for r in made)
+    return f"spares for the next run: {total} made in the background while the tests ran ({each})"
+
+
+def _teardown_line(ordered: Sequence[WorkerReport]) -> str | None:
+    """The teardown phases of the worker whose teardown took longest."""
+    timed = [r for r in ordered if r.clone]
+    if not timed:
+        return None
+    slowest = max(timed, key=lambda r: r.teardown_seconds)
+    parts = [f"isolation checks {slowest.check_seconds:.2f}s"]
+    if slowest.spares_made:
+        parts.append(f"waiting for its spare {slowest.spare_wait_seconds:.2f}s")
+    parts.append(f"drop {slowest.drop_seconds:.2f}s")
+    return f"teardown (slowest, {slowest.worker_id}): {', '.join(parts)}"
+
+
+def _spare_error_lines(ordered: Sequence[WorkerReport]) -> list[str]:
+    return [f"spares: {r.worker_id} could not make one: {r.spare_error}" for r in ordered if r.spare_error]
+
+
+def _isolation_line(reports: Sequence[WorkerReport], isolation: str) -> str:
+    checks = sum(r.checks for r in reports)
+    failures = sum(r.failures for r in reports)
+    warned = sum(r.warnings for r in reports)
+    return f"isolation ({isolation}): {checks} checks, {failures} failed, {warned} warned"
+
+
+def _dropped_line(reports: Sequence[WorkerReport], swept: Sequence[str], *, keep: bool) -> str:
+    dropped = sum(len(r.dropped) for r in reports) + len(swept)
+    kept = " (kept: --concurrent-db-keep)" if keep else ""
+    return f"dropped: {dropped} databases ({len(swept)} left by crashed workers){kept}"
+
+
+def _reaped_line(reports: Sequence[WorkerReport]) -> str | None:
+    reaped = _unique(name for r in reports for name in r.reaped)
+    if not reaped:
+        return None
+    return f"reaped: {len(reaped)} databases left by dead runs ({_some(reaped)})"
+
+
+def _pruned_line(reports: Sequence[WorkerReport]) -> str | None:
+    pruned = _unique(name for r in reports for name in r.pruned)
+    if not pruned:
+        return None
+    return f"pruned: {len(pruned)} out-of-date templates ({_some(pruned)})"
+
+
+def _unique(names: Iterable[str]) -> list[str]:
+    """Names in first-seen order, each once."""
+    return list(dict.fromkeys(names))
+
+
+def _some(names: Sequence[str]) -> str:
+    """Up to :data:`MAX_NAMES` names, then an ellipsis for the rest."""
+    shown = ", ".join(names[:MAX_NAMES])
+    return f"{shown}, …" if len(names) > MAX_NAMES else shown

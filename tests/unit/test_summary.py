@@ -1,0 +1,280 @@
+"""The ``concurrent-db`` terminal summary, rendered from typed worker reports."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field, replace
+from typing import Any
+
+import pytest
+
+from pytest_concurrent_db.report import Stats, WorkerReport
+from pytest_concurrent_db.summary import write_summary
+
+TEMPLATE = "cdb_tpl_0123abcd"
+URL = "postgresql://postgres@127.0.0.1:5432/app"
+METHOD = "CREATE DATABASE TEMPLATE, STRATEGY WAL_LOG"
+
+
+@dataclass
+class FakeTerminal:
+    """Records what the summary writes, as (text, markup) pairs."""
+
+    sections: list[str] = field(default_factory=list)
+    lines: list[tuple[str, dict[str, bool]]] = field(default_factory=list)
+
+    def section(self, title: str) -> None:
+        self.sections.append(title)
+
+    def write_line(self, line: str, **markup: bool) -> None:
+        self.lines.append((line, markup))
+
+    @property
+    def texts(self) -> list[str]:
+        return [text for text, _ in self.lines]
+
+    def starting(self, prefix: str) -> list[str]:
+        return [text for text in self.texts if text.startswith(prefix)]
+
+
+def worker(worker_id: str, **fields: Any) -> WorkerReport:
+    """A worker that cloned the template in 10 ms and dropped its clone."""
+    defaults: dict[str, Any] = {
+        "template": TEMPLATE,
+        "backend": "postgresql",
+        "url": URL,
+        "clone": f"cdb_{worker_id}",
+        "clone_seconds": 0.010,
+        "method": METHOD,
+        "dropped": (f"cdb_{worker_id}",),
+    }
+    return WorkerReport(worker_id=worker_id, **{**defaults, **fields})
+
+
+def summarize(reports: list[WorkerReport], **options: Any) -> FakeTerminal:
+    terminal = FakeTerminal()
+    defaults: dict[str, Any] = {
+        "run_id": "1f2e3d4c",
+        "isolation": "default",
+        "swept": (),
+        "keep": False,
+        "default_backend": "postgresql",
+    }
+    write_summary(terminal, reports, **{**defaults, **options})
+    return terminal
+
+
+def test_template_built_by_one_worker_and_cloned_by_both() -> None:
+    reports = [
+        worker(
+            "gw0",
+            template_built=True,
+            template_seconds=1.234,
+            lock_wait_seconds=0.01,
+            clone_seconds=0.012,
+            checks=3,
+            check_seconds=0.02,
+            drop_seconds=0.03,
+        ),
+        worker("gw1", lock_wait_seconds=1.3, clone_seconds=0.015, checks=2, failures=1, warnings=1),
+    ]
+    terminal = summarize(reports)
+    assert terminal.sections == ["concurrent-db"]
+    assert terminal.lines == [
+        ("run: 1f2e3d4c", {}),
+        (f"backend: postgresql  url: {URL}", {}),
+        (f"template: {TEMPLATE} built by gw0 in 1.23s; longest lock wait 1.30s", {}),
+        (f"clones ({METHOD}): gw0 0.012s, gw1 0.015s", {}),
+        ("teardown (slowest, gw0): isolation checks 0.02s, drop 0.03s", {}),
+        ("isolation (default): 5 checks, 1 failed, 1 warned", {}),
+        ("dropped: 2 databases (0 left by crashed workers)", {}),
+    ]
+
+
+def test_template_reused_from_an_earlier_run() -> None:
+    terminal = summarize([worker("gw0"), worker("gw1")])
+    assert terminal.starting("template:") == [
+        f"template: {TEMPLATE} reused (inputs unchanged); longest lock wait 0.00s"
+    ]
+
+
+def test_setup_failed_before_any_clone() -> None:
+    terminal = summarize([worker("gw0", clone="", method="", clone_seconds=0.0, dropped=())], isolation="strict")
+    assert terminal.texts == [
+        "run: 1f2e3d4c",
+        f"backend: postgresql  url: {URL}",
+        f"template: {TEMPLATE} not ready (setup failed); longest lock wait 0.00s",
+        "clones: ",
+        "isolation (strict): 0 checks, 0 failed, 0 warned",
+        "dropped: 0 databases (0 left by crashed workers)",
+    ]
+
+
+def test_no_reports_still_says_what_was_dropped() -> None:
+    terminal = summarize([], swept=("cdb_dead_gw1",))
+    assert terminal.texts == ["run: 1f2e3d4c", "dropped: 1 databases (1 left by crashed workers)"]
+
+
+def test_backend_and_url_defaults_for_a_plain_sqlite_run() -> None:
+    report = WorkerReport(worker_id="main", template=TEMPLATE, clone="x.sqlite3", method="file copy")
+    terminal = summarize([report], default_backend="sqlite")
+    assert terminal.starting("backend:") == ["backend: sqlite  url: sqlite (default)"]
+    assert terminal.starting("clones") == ["clones (file copy): main 0.000s"]
+
+
+def test_spares_made_claimed_and_failed() -> None:
+    spare_method = "RENAME spare"
+    reports = [
+        worker("gw0", spare_claimed=True, method=spare_method, spares_made=1, spare_seconds=0.5),
+        worker("gw1", spares_made=2, spare_seconds=0.75, spare_wait_seconds=0.2),
+        worker("gw2", spare_error="disk full"),
+    ]
+    terminal = summarize(reports)
+    # the method is how this run copied; the claimed spare is marked
+    assert terminal.starting("clones") == [f"clones ({METHOD}): gw0 0.010s (spare), gw1 0.010s, gw2 0.010s"]
+    assert terminal.starting("spares for the next run:") == [
+        "spares for the next run: 3 made in the background while the tests ran (gw0 0.50s, gw1 0.75s)"
+    ]
+    assert terminal.starting("teardown") == [
+        "teardown (slowest, gw1): isolation checks 0.00s, waiting for its spare 0.20s, drop 0.00s"
+    ]
+    assert [line for line in terminal.lines if line[1]] == [
+        ("spares: gw2 could not make one: disk full", {"yellow": True})
+    ]
+    # the error follows the template's other lines
+    assert (
+        terminal.texts.index("spares: gw2 could not make one: disk full")
+        == terminal.texts.index(terminal.starting("teardown")[0]) + 1
+    )
+
+
+def test_only_claimed_spares_show_their_method() -> None:
+    terminal = summarize([worker("gw0", spare_claimed=True, method="RENAME spare")])
+    assert terminal.starting("clones") == ["clones (RENAME spare): gw0 0.010s (spare)"]
+
+
+def test_no_spare_lines_without_spares() -> None:
+    terminal = summarize([worker("gw0"), worker("gw1")])
+    assert not terminal.starting("spares")
+    assert all(not markup for _, markup in terminal.lines)
+
+
+def test_teardown_line_names_the_slowest_worker() -> None:
+    reports = [
+        worker("gw0", check_seconds=0.30, drop_seconds=0.10),
+        worker("gw1", check_seconds=0.05, drop_seconds=0.50),
+        worker("gw2", check_seconds=0.10, drop_seconds=0.10, spares_made=1, spare_wait_seconds=0.05),
+        # no clone: its (long) numbers are not a teardown of a database
+        worker("gw3", clone="", drop_seconds=9.0),
+    ]
+    assert reports[1].teardown_seconds == pytest.approx(0.55)
+    terminal = summarize(reports)
+    assert terminal.starting("teardown") == ["teardown (slowest, gw1): isolation checks 0.05s, drop 0.50s"]
+
+
+def test_kept_databases() -> None:
+    terminal = summarize([worker("gw0", dropped=()), worker("gw1", dropped=())], keep=True)
+    assert terminal.texts[-1] == "dropped: 0 databases (0 left by crashed workers) (kept: --concurrent-db-keep)"
+
+
+def test_swept_databases_are_counted_with_the_dropped_ones() -> None:
+    terminal = summarize([worker("gw0"), worker("gw1")], swept=("cdb_run_gw2", "cdb_run_gw3"))
+    assert terminal.texts[-1] == "dropped: 4 databases (2 left by crashed workers)"
+
+
+def test_reaped_and_pruned_follow_the_dropped_line() -> None:
+    reports = [
+        worker("gw0", reaped=("cdb_dead1_gw0", "cdb_dead1_gw1"), pruned=("cdb_tpl_old1",)),
+        worker("gw1", reaped=("cdb_dead2_gw0",)),
+    ]
+    terminal = summarize(reports)
+    assert terminal.texts[-3:] == [
+        "dropped: 2 databases (0 left by crashed workers)",
+        "reaped: 3 databases left by dead runs (cdb_dead1_gw0, cdb_dead1_gw1, cdb_dead2_gw0)",
+        "pruned: 1 out-of-date templates (cdb_tpl_old1)",
+    ]
+
+
+def test_reaped_and_pruned_show_five_names_then_an_ellipsis() -> None:
+    reaped = tuple(f"cdb_dead_gw{i}" for i in range(7))
+    pruned = tuple(f"cdb_tpl_old{i}" for i in range(6))
+    terminal = summarize([worker("gw0", reaped=reaped, pruned=pruned)])
+    assert terminal.starting("reaped:") == [
+        "reaped: 7 databases left by dead runs "
+        "(cdb_dead_gw0, cdb_dead_gw1, cdb_dead_gw2, cdb_dead_gw3, cdb_dead_gw4, …)"
+    ]
+    assert terminal.starting("pruned:") == [
+        "pruned: 6 out-of-date templates (cdb_tpl_old0, cdb_tpl_old1, cdb_tpl_old2, cdb_tpl_old3, cdb_tpl_old4, …)"
+    ]
+
+
+def test_a_name_reported_twice_is_counted_once() -> None:
+    terminal = summarize([worker("gw0", pruned=("cdb_tpl_old",)), worker("gw1", pruned=("cdb_tpl_old",))])
+    assert terminal.starting("pruned:") == ["pruned: 1 out-of-date templates (cdb_tpl_old)"]
+
+
+def test_no_reaped_or_pruned_lines_when_nothing_was() -> None:
+    terminal = summarize([worker("gw0"), worker("gw1")])
+    assert not terminal.starting("reaped")
+    assert not terminal.starting("pruned")
+
+
+def test_each_template_gets_its_own_block() -> None:
+    """Django with two databases: every worker reports one clone per template."""
+    other_url = "mysql://root@127.0.0.1:3306/other"
+    other = {"template": "cdb_tpl_other", "backend": "mysql", "url": other_url, "method": "mysqldump"}
+    reports = [
+        worker("gw0", template_built=True, template_seconds=2.0),
+        worker("gw0", **other, clone="cdb_other_gw0", clone_seconds=0.2),
+        worker("gw1", clone_seconds=0.02),
+        worker("gw1", **other, template_built=True, template_seconds=3.0, clone="cdb_other_gw1", clone_seconds=0.3),
+    ]
+    terminal = summarize(reports)
+    assert terminal.texts == [
+        "run: 1f2e3d4c",
+        f"backend: postgresql  url: {URL}",
+        f"template: {TEMPLATE} built by gw0 in 2.00s; longest lock wait 0.00s",
+        f"clones ({METHOD}): gw0 0.010s, gw1 0.020s",
+        "teardown (slowest, gw0): isolation checks 0.00s, drop 0.00s",
+        f"backend: mysql  url: {other_url}",
+        "template: cdb_tpl_other built by gw1 in 3.00s; longest lock wait 0.00s",
+        "clones (mysqldump): gw0 0.200s, gw1 0.300s",
+        "teardown (slowest, gw0): isolation checks 0.00s, drop 0.00s",
+        "isolation (default): 0 checks, 0 failed, 0 warned",
+        "dropped: 4 databases (0 left by crashed workers)",
+    ]
+
+
+def test_workers_are_listed_in_numeric_order() -> None:
+    reports = [worker(worker_id) for worker_id in ("gw10", "gw2", "gw1")]
+    terminal = summarize(reports)
+    assert terminal.starting("clones") == [f"clones ({METHOD}): gw1 0.010s, gw2 0.010s, gw10 0.010s"]
+
+
+# -- the wire format -----------------------------------------------------------------------------------------
+
+
+def test_report_survives_the_wire() -> None:
+    report = worker(
+        "gw3",
+        template_built=True,
+        spare_error="boom",
+        reaped=("cdb_dead_gw0",),
+        pruned=("cdb_tpl_old",),
+        check_seconds=0.25,
+    )
+    wire = report.to_wire()
+    assert wire["dropped"] == ["cdb_gw3"]  # plain builtins for xdist
+    assert WorkerReport.from_wire(wire) == report
+
+
+def test_from_wire_ignores_keys_of_another_version() -> None:
+    report = worker("gw0")
+    assert WorkerReport.from_wire({**report.to_wire(), "from_the_future": 1}) == report
+
+
+def test_frozen_stats_render_like_a_report() -> None:
+    stats = Stats(template=TEMPLATE, backend="postgresql", url=URL, clone="cdb_gw0", method=METHOD)
+    stats.dropped.append("cdb_gw0")
+    report = stats.freeze("gw0")
+    assert report == replace(worker("gw0", clone_seconds=0.0), dropped=("cdb_gw0",))
+    assert summarize([report]).starting("clones") == [f"clones ({METHOD}): gw0 0.000s"]
