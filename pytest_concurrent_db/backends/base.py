@@ -85,6 +85,12 @@ class Backend(Protocol):
     name: ClassVar[str]
     #: Longest database name the server accepts without truncating (bytes).
     max_name_length: ClassVar[int]
+    #: True when the backend can mark a database only after the server has made it
+    #: (PostgreSQL: ``CREATE DATABASE``, then ``COMMENT ON DATABASE``).  The engine then records
+    #: an intent file before each :meth:`create` and :meth:`clone`, so that a copy whose creator
+    #: died in between is marked by :meth:`adopt` and reaped.  False when the marker is written
+    #: before the database exists (MySQL: its registry row) or with it (SQLite).
+    records_intents: ClassVar[bool]
 
     def server_version(self) -> str:
         """e.g. ``"PostgreSQL 15.20"``; part of the template fingerprint."""
@@ -103,7 +109,9 @@ class Backend(Protocol):
         """The marker of database ``name``; None if it does not exist or carries none."""
         ...
 
-    def exists(self, name: str) -> bool: ...
+    def exists(self, name: str) -> bool:
+        """True if database ``name`` exists, ours or not."""
+        ...
 
     def list_databases(self, prefix: str, *, sizes: bool = True) -> list[DatabaseInfo]:
         """Every database whose name starts with ``prefix``, with its marker and (if ``sizes``,
@@ -133,6 +141,13 @@ class Backend(Protocol):
         ``marker`` on it.  On failure nothing named ``name`` is left behind."""
         ...
 
+    def adopt(self, name: str, marker: Marker) -> bool:
+        """Record ``marker`` on ``name`` if it exists and carries no marker at all: a copy whose
+        creator died after the server made it and before marking it, known to the engine from
+        the intent it recorded (see :attr:`records_intents`).  True if it was marked; always
+        False on a backend that does not record intents."""
+        ...
+
     def drop(self, name: str) -> None:
         """Drop our database ``name`` if it exists, ending other sessions on it first.
 
@@ -146,6 +161,22 @@ class Backend(Protocol):
 
     def url_for(self, name: str) -> str:
         """A URL (with password) for database ``name`` that :func:`connect_url` accepts."""
+        ...
+
+    def location(self, name: str) -> str:
+        """What a driver or framework takes as the database name to reach database ``name``
+        (Django's ``NAME``): SQLite the file's path (an in-memory clone its shared-cache URI),
+        a server the name itself."""
+        ...
+
+    def clone_method(self) -> str:
+        """How :meth:`clone` copies, in words, for the terminal summary (e.g. ``"sqlite3 backup API"``)."""
+        ...
+
+    def build_statements(self) -> tuple[str, ...]:
+        """Session settings for the one connection that builds a template (e.g. no flush per
+        commit), run on it before the schema; ``()`` for none.  They must stay crash-safe: an
+        unsealed template is always rebuilt."""
         ...
 
     def run_script(self, connection: Any, text: str, source: str) -> None:
@@ -188,7 +219,13 @@ class Backend(Protocol):
         free once the server has handled the disconnect (usually milliseconds later)."""
         ...
 
-    def release_lock(self, key: str) -> None: ...
+    def release_lock(self, key: str) -> None:
+        """Release lock ``key``; a key not held is a no-op.
+
+        Server backends raise ConcurrentDBError, once, for a lock lost with the control
+        connection (the server ended it and another session took the lock before we could
+        take it again): what it guarded may have been touched by that session."""
+        ...
 
     def close(self) -> None:
         """Close the control connection (releasing its locks)."""

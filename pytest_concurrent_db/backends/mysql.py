@@ -128,6 +128,7 @@ class MySQLBackend:
 
     name: ClassVar[str] = "mysql"
     max_name_length: ClassVar[int] = 64
+    records_intents: ClassVar[bool] = False  # the registry row is written before CREATE DATABASE
 
     def __init__(self, url: DatabaseURL, *, application_name: str = "pytest-concurrent-db") -> None:
         self.url = url
@@ -387,6 +388,10 @@ class MySQLBackend:
         )
         self._recipes.pop(name, None)
 
+    def adopt(self, name: str, marker: Marker) -> bool:
+        """Never needed: a database is claimed by its registry row before it is created."""
+        return False
+
     def _capture(self, template: str) -> dict[str, Any]:
         from pymysql.constants import CLIENT
 
@@ -441,6 +446,9 @@ class MySQLBackend:
                 if add_note is not None:
                     add_note(f"concurrent-db: the half-made clone {name!r} could not be removed: {cleanup}")
             raise
+
+    def clone_method(self) -> str:
+        return "DDL replay + INSERT ... SELECT"
 
     def _create_database(self, statement: str, name: str) -> None:
         """Run CREATE DATABASE ``statement``; if the server ended the control connection
@@ -561,6 +569,12 @@ class MySQLBackend:
 
     def url_for(self, name: str) -> str:
         return self.url.with_database(name).render(hide_password=False)
+
+    def location(self, name: str) -> str:
+        return name
+
+    def build_statements(self) -> tuple[str, ...]:
+        return ()
 
     def run_script(self, connection: Any, text: str, source: str) -> None:
         import pymysql

@@ -78,6 +78,7 @@ class PostgreSQLBackend:
 
     name: ClassVar[str] = "postgresql"
     max_name_length: ClassVar[int] = 63
+    records_intents: ClassVar[bool] = True  # CREATE DATABASE first, COMMENT ON DATABASE after
 
     #: How long clone/create/drop retry while the source database is in use (seconds).
     in_use_timeout: float = 30.0
@@ -208,6 +209,9 @@ class PostgreSQLBackend:
 
     def url_for(self, name: str) -> str:
         return self.url.with_database(name).render(hide_password=False)
+
+    def location(self, name: str) -> str:
+        return name
 
     def close(self) -> None:
         """Release our locks at once (a closed session frees them only when its server
@@ -395,6 +399,12 @@ class PostgreSQLBackend:
         what = f"clone template {template!r} into {name!r}"
         self._create(query, name, template, what)
         self._finish(name, steps, marker, what)
+
+    def clone_method(self) -> str:
+        """``CREATE DATABASE TEMPLATE``, with the strategy of the last clone when one was chosen."""
+        if self.chosen_strategy:
+            return f"CREATE DATABASE TEMPLATE, STRATEGY {self.chosen_strategy}"
+        return "CREATE DATABASE TEMPLATE"
 
     def _strategy_for(self, template: str) -> str | None:
         """The forced strategy, or with ``auto`` (PostgreSQL 15+): WAL_LOG for templates up to

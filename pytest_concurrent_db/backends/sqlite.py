@@ -39,6 +39,7 @@ class SQLiteBackend:
 
     name: ClassVar[str] = "sqlite"
     max_name_length: ClassVar[int] = 200
+    records_intents: ClassVar[bool] = False  # the marker file is written before the database file
 
     def __init__(self, url: DatabaseURL, *, template_dir: Path, clone_dir: Path, memory: bool = False) -> None:
         self.url = url
@@ -172,6 +173,10 @@ class SQLiteBackend:
         else:
             self._write_marker(name, marker, path)
 
+    def adopt(self, name: str, marker: Marker) -> bool:
+        """Never needed: the marker file is written before the database file."""
+        return False
+
     def clone(self, template: str, name: str, marker: Marker) -> None:
         self._check_name(name)
         source = sqlite3.connect(f"file:{self.path(template)}?mode=ro", uri=True)
@@ -226,6 +231,15 @@ class SQLiteBackend:
         if name in self._anchors:
             return f"sqlite:///{self._memory_uri(name)}"
         return self.url.with_database(str(self.path(name).resolve())).render()
+
+    def location(self, name: str) -> str:
+        """The file of ``name`` (:meth:`path`); an in-memory clone's shared-cache URI."""
+        if name in self._anchors:
+            return self._memory_uri(name)
+        return str(self.path(name))
+
+    def clone_method(self) -> str:
+        return "sqlite3 backup API"
 
     def build_statements(self) -> tuple[str, ...]:
         """Session settings for the connection that builds a template: no fsync per commit.
