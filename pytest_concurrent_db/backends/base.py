@@ -12,13 +12,19 @@ Backends never decide *what* to create: the engine does.  They only do it, safel
 
 from __future__ import annotations
 
+import contextlib
 import json
 import time
 from collections.abc import Callable, Iterable
 from dataclasses import asdict, dataclass, field
-from typing import Any, ClassVar, Literal, Protocol
+from typing import Any, ClassVar, Generic, Literal, Protocol, TypeVar
 
-__all__ = ["MARKER_TAG", "Backend", "DatabaseInfo", "Marker"]
+from ..errors import ConcurrentDBError
+
+__all__ = ["MARKER_TAG", "Backend", "ControlConnection", "DatabaseInfo", "Marker"]
+
+Conn = TypeVar("Conn")
+Result = TypeVar("Result")
 
 MARKER_TAG = "pytest-concurrent-db:v1 "
 
@@ -266,3 +272,163 @@ def retake_locks(
     except BaseException:
         lost.update(set(pending) - held)
         raise
+
+
+class ControlConnection(Generic[Conn]):
+    """The control connection of a server backend and the session-level locks held on it.
+
+    When the server ends the control session (PostgreSQL ``pg_terminate_backend``, MySQL
+    ``KILL CONNECTION``, a restart, the network), the next statement notices, a new
+    connection is opened, the locks the old session held are taken again
+    (:func:`retake_locks`) and the statement runs once more (:meth:`_on_control`).  A lock
+    another session took in the meantime is *lost*: :meth:`release_lock` of it raises a
+    :class:`ConcurrentDBError` naming the lock and its new holder, once.
+
+    A backend supplies the driver's part: how to open, test, identify and close a control
+    connection (:meth:`_open_control`, :meth:`_is_open`, :meth:`_session_of`,
+    :meth:`_close_quietly`), which errors mean the server ended it (:meth:`_ended`), and its
+    lock SQL (:meth:`_retake`, :meth:`_unlock`, :meth:`_holder`).
+    """
+
+    #: How long a new control session waits for the lost one's server process (or thread) to
+    #: end and free our locks (seconds).
+    old_session_wait: ClassVar[float] = 5.0
+
+    def __init__(self) -> None:
+        self._conn: Conn | None = None
+        #: the server's id of the control session (a connection the server ended may not tell)
+        self._session_id = 0
+        #: locks held on the control connection
+        self._held: set[str] = set()
+        #: locks the control session held when the server ended it, that we could not take again
+        self._lost: set[str] = set()
+
+    # -- the driver's part ------------------------------------------------------------------
+    def _open_control(self) -> Conn:
+        """A new control connection (autocommit), or BackendUnavailableError."""
+        raise NotImplementedError
+
+    def _is_open(self, conn: Conn) -> bool:
+        """False once ``conn`` is known to be closed (a statement failed on it, or we closed it)."""
+        raise NotImplementedError
+
+    def _session_of(self, conn: Conn) -> int:
+        """The server's id of the session of ``conn`` (PostgreSQL backend pid, MySQL thread id)."""
+        raise NotImplementedError
+
+    def _close_quietly(self, conn: Conn) -> None:
+        """Close ``conn``, which may be broken already."""
+        raise NotImplementedError
+
+    def _ended(self, exc: Exception, conn: Conn) -> bool:
+        """True if ``exc``, raised by a statement on ``conn``, means the server ended that session."""
+        raise NotImplementedError
+
+    def _retake(self, conn: Conn, key: str, old_session: int) -> tuple[bool, bool]:
+        """Try once to take lock ``key`` on the new control connection ``conn``: ``(taken,
+        may_wait)``, ``may_wait`` when the lock is free or still held by ``old_session``."""
+        raise NotImplementedError
+
+    def _unlock(self, conn: Conn, key: str) -> None:
+        """Release lock ``key`` on ``conn``; if the server ended the session meanwhile, the
+        lock went with it and there is nothing to do."""
+        raise NotImplementedError
+
+    def _holder(self, key: str) -> str:
+        """Who holds lock ``key`` now, in words."""
+        raise NotImplementedError
+
+    def _lock_label(self, key: str) -> str:
+        """Lock ``key`` in words, e.g. ``"PostgreSQL advisory lock 'clone:x'"``."""
+        raise NotImplementedError
+
+    def _lost_session(self) -> str:
+        """The control session and the ways it may end, for the message of a lost lock."""
+        raise NotImplementedError
+
+    def _release_all(self, conn: Conn) -> None:
+        """Release every lock on ``conn`` before it is closed; by default the close does."""
+
+    # -- shared -------------------------------------------------------------------------------
+    def _control(self) -> Conn:
+        """The control connection; a new one (taking our locks again) if it is closed."""
+        if self._conn is None or not self._is_open(self._conn):
+            self._reconnect()
+        assert self._conn is not None
+        return self._conn
+
+    def _reconnect(self) -> None:
+        """Open the control connection; after a lost one, take its locks again."""
+        held, self._held = sorted(self._held), set()
+        old, self._conn = self._conn, None
+        old_session = self._session_id if old is not None else 0
+        if old is not None:
+            self._close_quietly(old)
+        try:
+            conn = self._open_control()
+        except BaseException:
+            self._lost.update(held)
+            raise
+        self._session_id = self._session_of(conn)
+        self._conn = conn
+        retake_locks(
+            held,
+            lambda key: self._retake(conn, key, old_session),
+            held=self._held,
+            lost=self._lost,
+            wait=self.old_session_wait,
+        )
+
+    def _on_control(self, run: Callable[[Conn], Result], *, retry: bool = True) -> Result:
+        """``run(connection)`` on the control connection; if the server ended that session, once
+        more on a new one (``retry``: only for statements that may run twice)."""
+        conn = self._control()
+        try:
+            return run(conn)
+        except Exception as exc:
+            if not retry or not self._ended(exc, conn):
+                raise
+        return run(self._control())
+
+    def _take(self, key: str, take: Callable[[], bool]) -> bool:
+        """Lock bookkeeping around ``take()``, one attempt to take ``key`` on the server: a key
+        held already is not taken twice (one release frees it), and a key lost earlier is no
+        longer reported once we try to take it again."""
+        if key in self._held:
+            return True
+        self._lost.discard(key)
+        if not take():
+            return False
+        self._held.add(key)
+        return True
+
+    def release_lock(self, key: str) -> None:
+        """Release ``key``; raise ConcurrentDBError, once, if it was lost with the control session."""
+        if key in self._lost:
+            self._lost.discard(key)
+            holder = "another session"
+            with contextlib.suppress(Exception):  # only to name it
+                holder = self._holder(key)
+            raise ConcurrentDBError(
+                f"lost the {self._lock_label(key)}: the server ended our control {self._lost_session()} "
+                f"and {holder} took the lock before we could take it again; what it guarded may have been "
+                "dropped by that session (our cleanup went on)"
+            )
+        if key not in self._held:
+            return
+        self._held.discard(key)
+        conn = self._conn
+        if conn is not None and self._is_open(conn):
+            self._unlock(conn, key)
+
+    def close(self) -> None:
+        """Close the control connection (releasing its locks) and forget them."""
+        conn, self._conn = self._conn, None
+        held = bool(self._held)
+        self._held.clear()
+        self._lost.clear()
+        if conn is None:
+            return
+        if held and self._is_open(conn):
+            self._release_all(conn)
+        self._close_quietly(conn)

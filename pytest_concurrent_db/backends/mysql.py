@@ -11,8 +11,8 @@
   A key already held is not taken twice (one release frees it), as on PostgreSQL.
 * When the server ends the control connection (``KILL CONNECTION``, a restart,
   ``wait_timeout``, the network), the next statement notices, opens a new one, takes
-  the locks the old one held again and runs once more: ``drop``, ``list_databases``
-  and the markers go on working.  A lock another session took in the meantime is
+  the locks the old one held again and runs once more (:class:`~.base.ControlConnection`):
+  ``drop``, ``list_databases`` and the markers go on working.  A lock another session took in the meantime is
   *lost*: ``release_lock`` of it raises a :class:`ConcurrentDBError` naming the lock
   and its new holder, after the work it guarded (e.g. the drop) was done anyway.
 
@@ -51,7 +51,7 @@ from ..errors import (
 from ..options import names
 from ..sqlscript import split_sql
 from ..url import DatabaseURL
-from .base import DatabaseInfo, Marker, retake_locks
+from .base import ControlConnection, DatabaseInfo, Marker
 from .mysql_recipe import capture_recipe, quote_ident, replay_recipe
 
 __all__ = ["REGISTRY", "MySQLBackend", "quote_ident"]
@@ -102,9 +102,6 @@ _PRIVILEGE_ERRORS = (ER_DBACCESS_DENIED, ER_TABLEACCESS_DENIED, ER_SPECIFIC_ACCE
 
 _DROP_DEADLINE = 60.0
 _DROP_LOCK_WAIT = 2  # seconds a DROP waits for metadata locks before we look for holders
-#: How long a new control connection waits for the lost one's thread to end and free our
-#: locks (seconds).
-_OLD_SESSION_WAIT = 5.0
 
 
 def _errno(exc: BaseException) -> int | None:
@@ -123,7 +120,7 @@ def _server_message(exc: BaseException) -> str:
     return _one_line(exc) or type(exc).__name__
 
 
-class MySQLBackend:
+class MySQLBackend(ControlConnection[Any]):
     """One MySQL/MariaDB server; nothing is connected until first use."""
 
     name: ClassVar[str] = "mysql"
@@ -131,14 +128,11 @@ class MySQLBackend:
     records_intents: ClassVar[bool] = False  # the registry row is written before CREATE DATABASE
 
     def __init__(self, url: DatabaseURL, *, application_name: str = "pytest-concurrent-db") -> None:
+        super().__init__()
         self.url = url
         self.application_name = application_name
-        self._conn: Any = None
         self._registry_ready = False
         self._version: str | None = None
-        self._held: set[str] = set()
-        #: locks the control connection held when the server ended it, that we could not take again
-        self._lost: set[str] = set()
         self._recipes: dict[str, tuple[str, dict[str, Any]]] = {}
         # per user connection: its row-write, commit and rollback counters at the last
         # in_transaction probe, and the answer given then
@@ -182,42 +176,26 @@ class MySQLBackend:
         )
         return f"cannot connect to MySQL at {self.url.render()}: {reason}; {fix}"
 
-    def _control(self) -> Any:
-        if self._conn is None or not self._conn.open:
-            self._reconnect()
-        return self._conn
-
-    def _reconnect(self) -> None:
-        """Open the control connection; after a lost one, take its locks again."""
+    # the driver's part of ControlConnection
+    def _open_control(self) -> Any:
         from pymysql.constants import CLIENT
 
-        held, self._held = sorted(self._held), set()
-        old, self._conn = self._conn, None
-        old_id = 0
-        if old is not None:
-            with contextlib.suppress(Exception):  # already broken
-                old_id = int(old.thread_id())
-                old.close()
-        try:
-            conn = self._open(
-                client_flag=CLIENT.FOUND_ROWS,
-                init_command="SET SESSION sql_mode = 'STRICT_ALL_TABLES,NO_ENGINE_SUBSTITUTION'",
-            )
-        except BaseException:
-            self._lost.update(held)
-            raise
-        self._conn = conn
+        return self._open(
+            client_flag=CLIENT.FOUND_ROWS,
+            init_command="SET SESSION sql_mode = 'STRICT_ALL_TABLES,NO_ENGINE_SUBSTITUTION'",
+        )
 
-        def attempt(key: str) -> tuple[bool, bool]:
-            name = self._lock_name(key)
-            with conn.cursor() as cur:
-                cur.execute("SELECT GET_LOCK(%s, 0), IS_USED_LOCK(%s)", (name, name))
-                got, holder = cur.fetchone()
-            return got == 1, holder is None or int(holder) == old_id
+    def _is_open(self, conn: Any) -> bool:
+        return bool(conn.open)
 
-        retake_locks(held, attempt, held=self._held, lost=self._lost, wait=_OLD_SESSION_WAIT)
+    def _session_of(self, conn: Any) -> int:
+        return int(conn.thread_id())
 
-    def _gone(self, exc: BaseException, conn: Any) -> bool:
+    def _close_quietly(self, conn: Any) -> None:
+        with contextlib.suppress(Exception):  # already broken
+            conn.close()
+
+    def _ended(self, exc: Exception, conn: Any) -> bool:
         """True if ``exc`` means the server ended ``conn`` (then it is closed here too)."""
         import pymysql
 
@@ -225,23 +203,19 @@ class MySQLBackend:
             return False
         if conn.open and _errno(exc) not in _CONNECTION_LOST:
             return False
-        with contextlib.suppress(Exception):
-            conn.close()  # so that the next statement opens a new one
+        self._close_quietly(conn)  # so that the next statement opens a new one
         return True
 
     def _run(self, sql: str, args: Any, retry: bool) -> tuple[int, list[tuple[Any, ...]]]:
         """Run ``sql`` on the control connection; if the server ended that connection, run it
         once more on a new one (``retry``: only for statements that may run twice)."""
-        for attempt in (1, 2):
-            conn = self._control()
-            try:
-                with conn.cursor() as cur:
-                    count = int(cur.execute(sql, args))
-                    return count, list(cur.fetchall())
-            except Exception as exc:
-                if attempt == 2 or not retry or not self._gone(exc, conn):
-                    raise
-        raise AssertionError("unreachable")  # pragma: no cover
+
+        def run(conn: Any) -> tuple[int, list[tuple[Any, ...]]]:
+            with conn.cursor() as cur:
+                count = int(cur.execute(sql, args))
+                return count, list(cur.fetchall())
+
+        return self._on_control(run, retry=retry)
 
     def _query(self, sql: str, args: Any = None, *, retry: bool = True) -> list[tuple[Any, ...]]:
         """Run ``sql`` on the control connection; its rows (``rowcount`` for writes is lost)."""
@@ -458,7 +432,7 @@ class MySQLBackend:
         try:
             self._execute(statement, retry=False)
         except Exception as exc:
-            if not self._gone(exc, conn):
+            if not self._ended(exc, conn):
                 raise
             if not self.exists(name):
                 self._execute(statement, retry=False)
@@ -510,7 +484,7 @@ class MySQLBackend:
                 try:
                     self._execute("DROP DATABASE IF EXISTS " + quote_ident(name), retry=False)
                 except Exception as exc:
-                    if self._gone(exc, conn) and time.monotonic() <= deadline:
+                    if self._ended(exc, conn) and time.monotonic() <= deadline:
                         continue  # the server ended the control connection: again on a new one
                     if _errno(exc) != ER_LOCK_WAIT_TIMEOUT:
                         raise
@@ -693,26 +667,25 @@ class MySQLBackend:
         return "cdb_" + hashlib.blake2b(key.encode("utf-8", "surrogatepass"), digest_size=20).hexdigest()
 
     def _get_lock(self, key: str, timeout: float) -> bool:
+        """GET_LOCK nests; one release must free it, so a key held is not taken again."""
         conn = self._control()
-        if key in self._held:
-            return True  # GET_LOCK nests; one release must free it, so take it once
-        self._lost.discard(key)
-        # MySQL rounds the timeout to whole seconds; MariaDB takes fractions.
-        wait: float = max(timeout, 0.0)  # a negative timeout would wait forever
-        if not self._is_mariadb(conn):
-            wait = math.ceil(wait)
-        try:
-            row = self._query("SELECT GET_LOCK(%s, %s)", (self._lock_name(key), wait))
-        except Exception as exc:
-            if _errno(exc) != ER_USER_LOCK_DEADLOCK:
-                raise
-            raise LockTimeoutError(
-                f"the MySQL lock {key!r}, which would deadlock", timeout, self._holder(key)
-            ) from None
-        if row and row[0][0] == 1:
-            self._held.add(key)
-            return True
-        return False
+
+        def take() -> bool:
+            # MySQL rounds the timeout to whole seconds; MariaDB takes fractions.
+            wait: float = max(timeout, 0.0)  # a negative timeout would wait forever
+            if not self._is_mariadb(conn):
+                wait = math.ceil(wait)
+            try:
+                row = self._query("SELECT GET_LOCK(%s, %s)", (self._lock_name(key), wait))
+            except Exception as exc:
+                if _errno(exc) != ER_USER_LOCK_DEADLOCK:
+                    raise
+                raise LockTimeoutError(
+                    f"the MySQL lock {key!r}, which would deadlock", timeout, self._holder(key)
+                ) from None
+            return bool(row and row[0][0] == 1)
+
+        return self._take(key, take)
 
     def try_lock(self, key: str) -> bool:
         return self._get_lock(key, 0)
@@ -736,36 +709,27 @@ class MySQLBackend:
         user, host, command, seconds = found[0]
         return f"MySQL connection {session} ({user}@{host}, {command} for {seconds}s)"
 
-    def release_lock(self, key: str) -> None:
-        """Release ``key``; raise ConcurrentDBError if it was lost with the control connection."""
-        if key in self._lost:
-            self._lost.discard(key)
-            holder = "another session"
-            with contextlib.suppress(Exception):  # only to name it
-                holder = self._holder(key)
-            raise ConcurrentDBError(
-                f"lost the MySQL lock {key!r} (GET_LOCK {self._lock_name(key)!r}): the server "
-                f"ended our control connection to {self.url} (KILL, a restart, wait_timeout or the network) "
-                f"and {holder} took the lock before we could take it again; what it guarded may have been "
-                "dropped by that session (our cleanup went on)"
-            )
-        if key not in self._held:
-            return
-        self._held.discard(key)
-        conn = self._conn
-        if conn is not None and conn.open:
-            try:
-                self._query("SELECT RELEASE_LOCK(%s)", (self._lock_name(key),), retry=False)
-            except Exception as exc:
-                if not self._gone(exc, conn):
-                    raise
-                # the connection ended, and the lock with it
+    def _retake(self, conn: Any, key: str, old_session: int) -> tuple[bool, bool]:
+        name = self._lock_name(key)
+        with conn.cursor() as cur:
+            cur.execute("SELECT GET_LOCK(%s, 0), IS_USED_LOCK(%s)", (name, name))
+            got, holder = cur.fetchone()
+        return got == 1, holder is None or int(holder) == old_session
+
+    def _lock_label(self, key: str) -> str:
+        return f"MySQL lock {key!r} (GET_LOCK {self._lock_name(key)!r})"
+
+    def _lost_session(self) -> str:
+        return f"connection to {self.url} (KILL, a restart, wait_timeout or the network)"
+
+    def _unlock(self, conn: Any, key: str) -> None:
+        try:
+            self._query("SELECT RELEASE_LOCK(%s)", (self._lock_name(key),), retry=False)
+        except Exception as exc:
+            if not self._ended(exc, conn):
+                raise
+            # the connection ended, and the lock with it
 
     def close(self) -> None:
-        self._held.clear()
-        self._lost.clear()
-        conn, self._conn = self._conn, None
+        super().close()
         self._registry_ready = False
-        if conn is not None:
-            with contextlib.suppress(Exception):  # already broken: its locks are gone either way
-                conn.close()

@@ -8,8 +8,8 @@ held on it, so every process sharing a server must use the same maintenance data
 
 When the server ends the control session (``pg_terminate_backend``, a restart, the
 network), the next statement notices, opens a new control connection, takes the
-locks the old session held again and runs once more: ``drop``, ``list_databases``
-and the markers go on working.  A lock another session took in the meantime is
+locks the old session held again and runs once more (:class:`~.base.ControlConnection`):
+``drop``, ``list_databases`` and the markers go on working.  A lock another session took in the meantime is
 *lost*: ``release_lock`` of it raises a :class:`ConcurrentDBError` naming the lock
 and its new holder, after the work it guarded (e.g. the drop) was done anyway.
 """
@@ -37,7 +37,7 @@ from ..naming import lock_key
 from ..options import names
 from ..sqlscript import Statement, split_sql
 from ..url import DatabaseURL
-from .base import DatabaseInfo, Marker, retake_locks
+from .base import ControlConnection, DatabaseInfo, Marker
 
 __all__ = ["PostgreSQLBackend"]
 
@@ -53,9 +53,6 @@ FILE_COPY_ABOVE = 256 * 1024 * 1024
 _LIST_QUOTE = frozenset({"search_path", "temp_tablespaces", "local_preload_libraries", "session_preload_libraries"})
 _LIST_ITEM = re.compile(r'"(?:[^"]|"")*"|[^,\s"]+')
 _IDLE, _INTRANS = 0, 2  # TransactionStatus in psycopg 3 and psycopg2 alike
-#: How long a new control session waits for the lost one's process to exit and free our
-#: locks (seconds).
-_OLD_SESSION_WAIT = 5.0
 
 
 def _one_line(text: str) -> str:
@@ -73,7 +70,7 @@ def _split_list(value: str) -> list[str]:
     return [i[1:-1].replace('""', '"') if i.startswith('"') else i for i in items]
 
 
-class PostgreSQLBackend:
+class PostgreSQLBackend(ControlConnection[psycopg.Connection[Any]]):
     """Databases on one PostgreSQL server; see :class:`~.base.Backend` for the contract."""
 
     name: ClassVar[str] = "postgresql"
@@ -91,17 +88,13 @@ class PostgreSQLBackend:
                 f"unknown PostgreSQL clone strategy {strategy!r}: use "
                 f"wal_log or file_copy ({names('clone_strategy')})"
             )
+        super().__init__()
         self.url = url
         self.application_name = application_name
         self.strategy = strategy.lower() if strategy else None
         self.chosen_strategy = ""
         self._sizes: dict[str, int] = {}
-        self._conn: psycopg.Connection[Any] | None = None
-        self._conn_pid = 0  # its server process (a lost connection no longer tells)
         self._maintenance_db = ""
-        self._held: set[str] = set()
-        #: locks the control session held when the server ended it, that we could not take again
-        self._lost: set[str] = set()
 
     # -- connections ------------------------------------------------------------
     def _params(self, dbname: str) -> dict[str, Any]:
@@ -154,49 +147,29 @@ class PostgreSQLBackend:
         assert first is not None
         raise self._unavailable(first) from None
 
-    def _control(self) -> psycopg.Connection[Any]:
-        if self._conn is None or self._conn.closed:
-            self._reconnect()
-        assert self._conn is not None
-        return self._conn
+    # the driver's part of ControlConnection
+    def _is_open(self, conn: psycopg.Connection[Any]) -> bool:
+        return not conn.closed
 
-    def _reconnect(self) -> None:
-        """Open the control connection; after a lost one, take its locks again."""
-        held, self._held = sorted(self._held), set()
-        old, self._conn = self._conn, None
-        old_pid = self._conn_pid if old is not None else 0
-        if old is not None:
-            with contextlib.suppress(psycopg.Error):
-                old.close()
-        try:
-            conn = self._open_control()
-        except BaseException:
-            self._lost.update(held)
-            raise
-        self._conn_pid = conn.info.backend_pid
-        self._conn = conn
+    def _session_of(self, conn: psycopg.Connection[Any]) -> int:
+        return int(conn.info.backend_pid)
 
-        def attempt(key: str) -> tuple[bool, bool]:
-            row = conn.execute("SELECT pg_try_advisory_lock(%s)", (lock_key(key),)).fetchone()
-            if row and row[0]:
-                return True, False
-            holders = self._holder_pids(key)
-            return False, not holders or old_pid in holders
+    def _close_quietly(self, conn: psycopg.Connection[Any]) -> None:
+        with contextlib.suppress(psycopg.Error):
+            conn.close()
 
-        retake_locks(held, attempt, held=self._held, lost=self._lost, wait=_OLD_SESSION_WAIT)
+    def _ended(self, exc: Exception, conn: psycopg.Connection[Any]) -> bool:
+        return isinstance(exc, psycopg.OperationalError) and conn.closed
 
     def _exec(self, query: str | sql.Composed, params: Any = None, *, retry: bool = True) -> list[tuple[Any, ...]]:
         """Run ``query`` on the control connection; if the server ended that session, run it
         once more on a new one (``retry``: only for statements that may run twice)."""
-        conn = self._control()
-        try:
+
+        def run(conn: psycopg.Connection[Any]) -> list[tuple[Any, ...]]:
             cur = conn.execute(query, params)
             return cur.fetchall() if cur.description else []
-        except psycopg.OperationalError:
-            if not retry or not conn.closed:
-                raise
-        cur = self._control().execute(query, params)
-        return cur.fetchall() if cur.description else []
+
+        return self._on_control(run, retry=retry)
 
     def _major(self) -> int:
         return self._control().info.server_version // 10000
@@ -213,17 +186,11 @@ class PostgreSQLBackend:
     def location(self, name: str) -> str:
         return name
 
-    def close(self) -> None:
-        """Release our locks at once (a closed session frees them only when its server
-        process exits, a moment later), then close the control connection."""
-        conn, self._conn = self._conn, None
-        if conn is not None and not conn.closed:
-            if self._held:
-                with contextlib.suppress(psycopg.Error):
-                    conn.execute("SELECT pg_advisory_unlock_all()")
-            conn.close()
-        self._held.clear()
-        self._lost.clear()
+    def _release_all(self, conn: psycopg.Connection[Any]) -> None:
+        """At once: a closed session frees its locks only when its server process exits, a
+        moment later."""
+        with contextlib.suppress(psycopg.Error):
+            conn.execute("SELECT pg_advisory_unlock_all()")
 
     # -- server -------------------------------------------------------------------
     def server_version(self) -> str:
@@ -580,13 +547,7 @@ class PostgreSQLBackend:
     # -- advisory locks on the control connection --------------------------------------
     def try_lock(self, key: str) -> bool:
         """Take lock ``key`` if free; a key we hold already returns True (not counted)."""
-        if key in self._held:
-            return True
-        self._lost.discard(key)
-        rows = self._exec("SELECT pg_try_advisory_lock(%s)", (lock_key(key),))
-        if rows[0][0]:
-            self._held.add(key)
-        return bool(rows[0][0])
+        return self._take(key, lambda: bool(self._exec("SELECT pg_try_advisory_lock(%s)", (lock_key(key),))[0][0]))
 
     def acquire_lock(self, key: str, timeout: float) -> None:
         deadline = time.monotonic() + timeout
@@ -611,10 +572,12 @@ class PostgreSQLBackend:
         unsigned = lock_key(key) & 0xFFFFFFFFFFFFFFFF
         return unsigned >> 32, unsigned & 0xFFFFFFFF
 
-    def _holder_pids(self, key: str) -> set[int]:
-        """Server processes holding lock ``key`` (on the current control connection, no retry)."""
-        assert self._conn is not None
-        return {int(row[0]) for row in self._conn.execute(self._HOLDERS, self._key_parts(key)).fetchall()}
+    def _retake(self, conn: psycopg.Connection[Any], key: str, old_session: int) -> tuple[bool, bool]:
+        row = conn.execute("SELECT pg_try_advisory_lock(%s)", (lock_key(key),)).fetchone()
+        if row and row[0]:
+            return True, False
+        holders = {int(r[0]) for r in conn.execute(self._HOLDERS, self._key_parts(key)).fetchall()}
+        return False, not holders or old_session in holders
 
     def _holder(self, key: str) -> str:
         rows = self._exec(self._HOLDERS, self._key_parts(key))
@@ -626,26 +589,16 @@ class PostgreSQLBackend:
             for pid, app, addr, start in rows
         )
 
-    def release_lock(self, key: str) -> None:
-        """Release ``key``; raise ConcurrentDBError if it was lost with the control session."""
-        if key in self._lost:
-            self._lost.discard(key)
-            holder = "another session"
-            with contextlib.suppress(psycopg.Error, ConcurrentDBError):
-                holder = self._holder(key)
-            raise ConcurrentDBError(
-                f"lost the PostgreSQL advisory lock {key!r}: the server ended our control "
-                f"session at {self.url} (pg_terminate_backend, a restart or the network) and {holder} "
-                "took the lock before we could take it again; what it guarded may have been dropped by "
-                "that session (our cleanup went on)"
-            )
-        if key in self._held:
-            self._held.discard(key)
-            conn = self._conn
-            if conn is not None and not conn.closed:
-                try:
-                    conn.execute("SELECT pg_advisory_unlock(%s)", (lock_key(key),))
-                except psycopg.OperationalError:
-                    if not conn.closed:
-                        raise
-                    # the session ended, and the lock with it
+    def _lock_label(self, key: str) -> str:
+        return f"PostgreSQL advisory lock {key!r}"
+
+    def _lost_session(self) -> str:
+        return f"session at {self.url} (pg_terminate_backend, a restart or the network)"
+
+    def _unlock(self, conn: psycopg.Connection[Any], key: str) -> None:
+        try:
+            conn.execute("SELECT pg_advisory_unlock(%s)", (lock_key(key),))
+        except psycopg.OperationalError:
+            if not conn.closed:
+                raise
+            # the session ended, and the lock with it
