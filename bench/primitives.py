@@ -1,7 +1,7 @@
 """Clone and drop primitives: the server's own way versus ours, on plain-SQL schemas.
 
 For each backend and schema size (``make_schema.py``: 50, 300, 1000 tables) one
-template is built through the package (:class:`~pytest_concurrent_db.engine.Engine`,
+template is built through the package (:class:`~pytest_concurrent_db.worker.WorkerDatabases`,
 exactly as a test run builds it), then every *case* clones it and drops the clone,
 ``--repeat`` times, the cases in a different (shuffled, seeded) order each round so
 that drift on a busy machine hits them all alike and no case always follows the same one:
@@ -15,7 +15,7 @@ mysql          raw ``CREATE DATABASE`` + ``mysqldump tpl | mysql clone`` (``DROP
                triggers) and ``backend.drop()``
 sqlite         raw ``sqlite3`` backup API into a new file (``os.unlink``); ours:
                ``backend.clone()`` and ``backend.drop()``
-every backend  ours (engine): ``Engine.create_clone()`` / ``drop_clone()``, what a worker
+every backend  ours (engine): ``WorkerDatabases.create_clone()`` / ``drop_clone()``, what a worker
                really does (lock, leftover check, marker, clone)
 =============  =====================================================================
 
@@ -90,8 +90,6 @@ class Subject:
     backend_name = ""
 
     def __init__(self, tag: str, tables: int, schema: Path, workdir: Path) -> None:
-        from pytest_concurrent_db.engine import Engine
-
         self.tag = tag
         self.tables = tables
         self.schema = schema
@@ -99,20 +97,22 @@ class Subject:
         self.stem = _names(self.backend_name, tag, tables)
         self.created: list[str] = []
         self.url = self._url()
-        self.engine = Engine(
-            self.url,
-            run_id=tag,
-            worker_id="w0",
-            lock_dir=workdir / "locks",
-            template_dir=workdir / "templates",
-            clone_dir=workdir / "clones",
-            base=self.stem[len("cdb_") :],
-        )
+        self.engine = self._databases("w0")
         self.backend = self.engine.backend
         self.template = ""
         self.build_seconds = 0.0
         self.anchor: Any = None
         self.spare_engine: Any = None
+
+    def _databases(self, worker_id: str, spares: int = 0) -> Any:
+        """A worker's databases (template, clone, spares) as the plugin drives them."""
+        from pytest_concurrent_db.paths import Directories
+        from pytest_concurrent_db.site import Site
+        from pytest_concurrent_db.worker import WorkerDatabases
+
+        directories = Directories(self.workdir / "templates", self.workdir / "clones", self.workdir / "locks")
+        site = Site(self.url, directories, base=self.stem[len("cdb_") :])
+        return WorkerDatabases(site, run_id=self.tag, worker_id=worker_id, spares=spares)
 
     def _url(self) -> Any:
         from pytest_concurrent_db.url import parse_url
@@ -120,22 +120,20 @@ class Subject:
         return parse_url(benchlib.server_url(self.backend_name))
 
     def build(self) -> None:
-        from pytest_concurrent_db.engine import Engine, schema_populator
+        from pytest_concurrent_db.template import schema_populator
 
         populators = [schema_populator(self.schema)]
         started = time.perf_counter()
-        self.template = self.engine.ensure_template(populators)
+        self.template = self.engine.ensure_template(populators).name
         self.build_seconds = time.perf_counter() - started
         if self.backend_name != "sqlite":
             # A live clone (its lock held until the end) marks the template as in use, so that a
             # ``prune`` by another test run on a shared server never drops it under our feet.
-            self.anchor = Engine(self.url, run_id=self.tag, worker_id="anchor", lock_dir=self.workdir / "locks",
-                                 base=self.stem[len("cdb_") :])
+            self.anchor = self._databases("anchor")
             self.anchor.ensure_template(populators)
             self.anchor.create_clone()
             # A worker of a warm run: its clone is a spare made (untimed) beforehand.
-            self.spare_engine = Engine(self.url, run_id=self.tag, worker_id="w1", lock_dir=self.workdir / "locks",
-                                       base=self.stem[len("cdb_") :], spares=1)
+            self.spare_engine = self._databases("w1", spares=1)
             self.spare_engine.ensure_template(populators)
 
     def clone_name(self, case: str, rep: int) -> str:
@@ -159,7 +157,7 @@ class Subject:
         def drop(name: str) -> None:
             self.engine.drop_clone()
 
-        return Case("ours_engine", "ours: Engine.create_clone() / drop_clone()", "ours", clone, drop,
+        return Case("ours_engine", "ours: WorkerDatabases.create_clone() / drop_clone()", "ours", clone, drop,
                     baseline=baseline)
 
     def spare_case(self, baseline: str) -> Case:
@@ -175,7 +173,8 @@ class Subject:
         def drop(name: str) -> None:
             engine.drop_clone()
 
-        return Case("ours_spare", "ours, warm run: Engine.create_clone() takes over a spare made by an earlier run",
+        label = "ours, warm run: WorkerDatabases.create_clone() takes over a spare made by an earlier run"
+        return Case("ours_spare", label,
                     "ours", clone, drop, baseline=baseline, prepare=prepare)
 
     def guard(self, case: Case, name: str) -> Callable[[], None]:
@@ -437,6 +436,16 @@ class MySQLSubject(Subject):
 
 class SQLiteSubject(Subject):
     backend_name = "sqlite"
+
+    def _databases(self, worker_id: str, spares: int = 0) -> Any:
+        """A worker's databases (template, clone, spares) as the plugin drives them."""
+        from pytest_concurrent_db.paths import Directories
+        from pytest_concurrent_db.site import Site
+        from pytest_concurrent_db.worker import WorkerDatabases
+
+        directories = Directories(self.workdir / "templates", self.workdir / "clones", self.workdir / "locks")
+        site = Site(self.url, directories, base=self.stem[len("cdb_") :])
+        return WorkerDatabases(site, run_id=self.tag, worker_id=worker_id, spares=spares)
 
     def _url(self) -> Any:
         from pytest_concurrent_db.url import DatabaseURL

@@ -16,25 +16,24 @@ import sys
 from collections.abc import Sequence
 from pathlib import Path
 
-from .engine import Engine, Entry, server_lock_dir
+from .backends import Backend
 from .errors import ConcurrentDBError
+from .janitor import Entry, Janitor
 from .naming import PREFIX, new_run_id
+from .paths import CACHE_SUBDIR, Directories
+from .site import Site
 from .url import DatabaseURL, parse_url
 
 
-def _engine(args: argparse.Namespace) -> Engine:
+def _site(args: argparse.Namespace) -> Site:
     text = args.url or os.environ.get("CONCURRENT_DB_URL")
     url: DatabaseURL = parse_url(text) if text else DatabaseURL(backend="sqlite", database="")
-    cache = Path(args.dir) if args.dir else Path.cwd() / ".pytest_cache" / "d" / "concurrent_db"
-    lock_dir = cache / "locks" if url.backend == "sqlite" else server_lock_dir()
-    return Engine(
-        url,
-        run_id="cli" + new_run_id(),
-        worker_id="cli",
-        lock_dir=lock_dir,
-        template_dir=cache if url.backend == "sqlite" else None,
-        clone_dir=cache if url.backend == "sqlite" else None,
-    )
+    if args.dir:
+        directories = Directories.create(url, Path(args.dir), Path(args.dir))
+    else:
+        root = Path.cwd()
+        directories = Directories.for_project(url, root, root / CACHE_SUBDIR)
+    return Site(url, directories, keep_templates=args.keep_templates)
 
 
 def _age(seconds: float) -> str:
@@ -89,25 +88,26 @@ def main(argv: Sequence[str] | None = None) -> int:
     )
     args = parser.parse_args(argv)
     try:
-        engine = _engine(args)
+        site = _site(args)
+        run_id = "cli" + new_run_id()
+        backend: Backend = site.open_backend(run_id, "cli")
+        janitor = Janitor(backend, site, run_id)
         try:
-            engine.backend.preflight()
-            scoped = not args.all and bool(engine.url.database) and not engine.url.is_memory
-            prefix = engine.own_prefix if scoped else PREFIX
+            backend.preflight()
+            scoped = not args.all and bool(site.url.database) and not site.url.is_memory
+            prefix = site.own_prefix if scoped else PREFIX
             if args.command == "list":
-                entries = engine.inventory(prefix)
+                entries = janitor.inventory(prefix)
                 print(_table(entries) if entries else "no databases of pytest-concurrent-db found")
                 return 0
-            doomed = engine.prune(
-                keep_templates=args.keep_templates, dry_run=not args.yes, everything=True, prefix=prefix
-            )
+            doomed = janitor.prune(dry_run=not args.yes, everything=True, prefix=prefix)
             verb = "dropped" if args.yes else "would drop (dry run; pass --yes to drop)"
             print(f"{verb}: {len(doomed)} database(s)")
             for entry in doomed:
                 print(f"  {entry.name} ({entry.kind}, run {entry.run_id})")
             return 0
         finally:
-            engine.close()
+            backend.close()
     except ConcurrentDBError as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2

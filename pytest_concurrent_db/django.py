@@ -8,7 +8,7 @@ and pytest-django is active; Django and pytest-django are imported inside functi
   after the user's conftest and session fixtures: for each test database (in
   ``TEST["DEPENDENCIES"]`` order) the template is built by ``migrate`` (data
   migrations, ``pre_migrate``/``post_migrate`` handlers, cache tables) once, under the
-  engine's locks, then cloned; ``settings.DATABASES`` and the live connections of
+  plugin's locks, then cloned; ``settings.DATABASES`` and the live connections of
   the database's aliases and of its ``TEST["MIRROR"]`` aliases point at the clone.
 * The template fingerprint covers the migration files of every installed app (the
   models of apps without migrations), ``INSTALLED_APPS``, ``DATABASE_ROUTERS``, the
@@ -34,12 +34,13 @@ from typing import Any
 
 import pytest
 
-from .engine import Engine, Populator, tune_build_session
 from .errors import ConcurrentDBError
 from .fixtures import report_isolation
 from .isolation import IsolationChecker
 from .state import PluginState, get_state
-from .url import DatabaseURL, parse_url
+from .template import Populator, tune_build_session
+from .url import DatabaseURL
+from .worker import WorkerDatabases
 
 __all__ = ["DjangoIntegration", "django_db_modify_db_settings_xdist_suffix", "django_db_setup"]
 
@@ -53,15 +54,15 @@ class _TestDatabase:
     """One test database of this process: its aliases (the first one owns it) and clone."""
 
     aliases: list[str]
-    engine: Engine
+    databases: WorkerDatabases
     target: str = ""  # the NAME Django connects to: the clone's name, or its file for SQLite
     mirrors: list[str] = field(default_factory=list)
 
 
 @pytest.hookimpl(tryfirst=True)
 def pytest_sessionstart(session: pytest.Session) -> None:
-    """In the controller: an engine per test database, checked now and swept at the end
-    (which drops the clones of crashed workers)."""
+    """In the controller: the databases of each test database, checked now and swept at the
+    end (which drops the clones of crashed workers)."""
     from pytest_django.lazy_django import django_settings_is_configured
 
     integration = _integration(session.config)
@@ -71,11 +72,11 @@ def pytest_sessionstart(session: pytest.Session) -> None:
 
     test_databases, _ = get_unique_databases_and_mirrors()
     for signature, (_, aliases) in test_databases.items():
-        engine = integration.engine(signature, aliases[0], required=False)
-        if engine is None:
+        databases = integration.databases_for(signature, aliases[0], required=False)
+        if databases is None:
             continue
         try:
-            engine.preflight()
+            databases.preflight()
         except ConcurrentDBError as exc:
             raise pytest.UsageError(f"{exc} (the server of Django's DATABASES[{aliases[0]!r}])") from None
 
@@ -119,7 +120,7 @@ class DjangoIntegration:
 
     def __init__(self, state: PluginState) -> None:
         self.state = state
-        self.engines: dict[tuple[Any, ...], Engine] = {}  # by Django's test_db_signature()
+        self.by_signature: dict[tuple[Any, ...], WorkerDatabases] = {}  # by Django's test_db_signature()
         self.databases: list[_TestDatabase] = []
         self.original: dict[str, tuple[Any, Any]] = {}  # alias -> (NAME, TEST NAME)
         self.bases: list[str] | None = None
@@ -142,14 +143,15 @@ class DjangoIntegration:
         extra = [str(k) for k in config.hook.pytest_concurrent_db_template_key(config=config) if k]
         for signature, (_, group) in test_databases.items():
             first = group[0]
-            engine = self.engine(signature, first)
-            assert engine is not None
+            databases = self.databases_for(signature, first)
+            assert databases is not None
             migrate = migrations and connections[first].settings_dict["TEST"].get("MIGRATE", True) is not False
             if migrate not in keys:
                 keys[migrate] = _code_key(migrate)
-            engine.ensure_template([self._populator(engine, first, keys[migrate])], extra=extra, rebuild=rebuild)
-            clone = engine.create_clone()
-            database = _TestDatabase(list(group), engine, target=parse_url(clone.url).database)
+            populator = self._populator(databases, first, keys[migrate])
+            databases.ensure_template([populator], extra=extra, rebuild=rebuild)
+            clone = databases.create_clone()
+            database = _TestDatabase(list(group), databases, target=databases.backend.location(clone.name))
             self.databases.append(database)
             for alias in group:
                 self._point(alias, database.target, test_name=True)
@@ -165,8 +167,12 @@ class DjangoIntegration:
             ) is not False:
                 connection._test_serialized_contents = connection.creation.serialize_db_to_string()
 
-    def engine(self, signature: tuple[Any, ...], alias: str, *, required: bool = True) -> Engine | None:
-        if signature not in self.engines:
+    def databases_for(
+        self, signature: tuple[Any, ...], alias: str, *, required: bool = True
+    ) -> WorkerDatabases | None:
+        """This process's databases for the test database of ``alias`` (None if it is not on
+        a supported server and not ``required``)."""
+        if signature not in self.by_signature:
             try:
                 url, base = _url_and_base(alias)
             except ConcurrentDBError:
@@ -177,21 +183,20 @@ class DjangoIntegration:
                 self.bases = list(_bases().values())
             if self.bases.count(base) > 1:  # two aliases, one test database name: each gets its own
                 base = f"{base}_{alias}"
-            engine = self.state.new_engine(url, base=base)
-            self.engines[signature] = engine
-            self.state.extra_engines.append(engine)
-        return self.engines[signature]
+            databases = self.state.new_databases(url, base=base)
+            self.by_signature[signature] = databases
+            self.state.extra.append(databases)
+        return self.by_signature[signature]
 
-    def _populator(self, engine: Engine, alias: str, code_key: str) -> Populator:
+    def _populator(self, databases: WorkerDatabases, alias: str, code_key: str) -> Populator:
         """``migrate`` (and ``createcachetable``) with the alias pointed at the template."""
         from django.db import connections
 
         shaping = {k: connections[alias].settings_dict.get(k) for k in _SHAPING}
         key = _digest({"alias": alias, "settings": shaping, "code": code_key})
 
-        def apply(backend: Any, connection: Any) -> None:
-            assert engine.template is not None
-            name = str(backend.path(engine.template)) if backend.name == "sqlite" else engine.template
+        def apply(backend: Any, connection: Any, template: str) -> None:
+            name = backend.location(template)
             self._point(alias, name, test_name=False)
             try:
                 connections[alias].ensure_connection()
@@ -231,9 +236,10 @@ class DjangoIntegration:
             if not self.state.settings.keep:
                 for database in self.databases:
                     try:
-                        database.engine.drop_clone()
+                        database.databases.drop_clone()
                     except ConcurrentDBError as exc:
-                        warnings.warn(pytest.PytestWarning(f"concurrent-db: cleanup failed: {exc}"), stacklevel=1)
+                        message = f"concurrent-db: cleanup failed: {exc.describe()}"
+                        warnings.warn(pytest.PytestWarning(message), stacklevel=1)
         finally:
             for alias, (name, test_name) in self.original.items():
                 for settings_dict in _distinct(settings.DATABASES[alias], connections[alias].settings_dict):
@@ -248,11 +254,11 @@ class DjangoIntegration:
         from django.db import connections
 
         mode = self.state.settings.isolation
-        engine = database.engine
-        clone = engine.database
-        if mode == "off" or clone is None or engine.template is None:
+        databases = database.databases
+        clone, template = databases.database, databases.template
+        if mode == "off" or clone is None or template is None:
             return
-        stats = engine.stats
+        stats = databases.stats
         stats.checks += 1
         started = time.perf_counter()
         found: list[tuple[str, str]] = []
@@ -261,12 +267,12 @@ class DjangoIntegration:
             if name != database.target:
                 found.append(("error", f"alias {alias!r} points at {name!r}, not at this worker's clone"))
         checker = IsolationChecker(
-            backend=engine.backend,
+            backend=databases.backend,
             clone=clone.name,
-            template=engine.template,
+            template=template.name,
             run_id=self.state.run_id,
             worker_id=self.state.worker_id,
-            fingerprint=engine.template_fingerprint,
+            fingerprint=template.fingerprint,
             mode="default" if mode == "strict" else mode,  # row counts: Django flushes tables
         )
         connection = connections[database.aliases[0]]
@@ -363,7 +369,7 @@ def _migrate(alias: str, name: str) -> None:
     from django.db import connections
 
     connection = connections[alias]
-    if connection.vendor == "mysql":  # TEST CHARSET / COLLATION, which the engine's CREATE cannot take
+    if connection.vendor == "mysql":  # TEST CHARSET / COLLATION, which our CREATE DATABASE cannot take
         suffix = connection.creation.sql_table_creation_suffix()
         if suffix:
             with connection.cursor() as cursor:

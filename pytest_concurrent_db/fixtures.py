@@ -8,7 +8,7 @@ from typing import Any
 
 import pytest
 
-from .engine import ConcurrentDatabase
+from .clones import ConcurrentDatabase
 from .errors import ConcurrentDBError
 from .options import names
 from .state import WorkerConnection, get_state

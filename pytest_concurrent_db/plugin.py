@@ -1,4 +1,4 @@
-"""The pytest entry point: options, hooks, report header, terminal summary, cleanup."""
+"""The pytest entry point: options, hooks, report header, cleanup; the summary is :mod:`.summary`."""
 
 from __future__ import annotations
 
@@ -9,7 +9,6 @@ import pytest
 
 from . import hookspecs
 from . import settings as settings_module
-from .engine import check_url_for_xdist
 from .errors import ConcurrentDBError, ConfigError
 from .fixtures import (
     _concurrent_db_worker_connection,
@@ -20,8 +19,10 @@ from .fixtures import (
     concurrent_db_url,
 )
 from .naming import new_run_id
-from .settings import OPTIONS, Settings, resolve, resolve_one
+from .report import WorkerReport
+from .settings import OPTIONS, Settings, check_url_for_xdist, resolve, resolve_one
 from .state import STATE_KEY, PluginState, get_state
+from .summary import write_summary
 
 __all__ = [
     "_concurrent_db_worker_connection",
@@ -130,11 +131,13 @@ class _XdistHooks:
 
     def pytest_configure_node(self, node: Any) -> None:
         node.workerinput["concurrent_db_run_id"] = self.state.run_id
-        if self.state.settings.enabled and self.state.settings.backend == "sqlite":
-            node.workerinput["concurrent_db_clone_dir"] = str(self.state.resolved_clone_dir())
+        clone_dir = self.state.resolved_clone_dir() if self.state.settings.enabled else None
+        if clone_dir is not None:  # SQLite clones of the whole run in one directory
+            node.workerinput["concurrent_db_clone_dir"] = str(clone_dir)
 
     def pytest_testnodedown(self, node: Any, error: Any) -> None:
-        self.state.worker_reports.extend(getattr(node, "workeroutput", {}).get("concurrent_db", []))
+        wire = getattr(node, "workeroutput", {}).get("concurrent_db", [])
+        self.state.worker_reports.extend(WorkerReport.from_wire(report) for report in wire)
 
 
 def pytest_report_header(config: pytest.Config) -> list[str] | None:
@@ -142,12 +145,22 @@ def pytest_report_header(config: pytest.Config) -> list[str] | None:
     if state is None or not state.settings.enabled or _is_worker(config):
         return None
     parts = state.settings.describe()
-    if state.settings.url is None and config.pluginmanager.hasplugin("concurrent_db_django"):
+    if state.settings.url is None and _django_configured(config):
         backend = "from Django's DATABASES"
         parts = [p for p in parts if not p.startswith("url=")]
     else:
         backend = state.settings.backend
     return [f"concurrent-db: backend={backend} run={state.run_id} " + ", ".join(parts)]
+
+
+def _django_configured(config: pytest.Config) -> bool:
+    """Whether the run takes its databases from Django's settings (not merely has
+    pytest-django installed)."""
+    if not config.pluginmanager.hasplugin("concurrent_db_django"):
+        return False
+    from pytest_django.lazy_django import django_settings_is_configured
+
+    return bool(django_settings_is_configured())
 
 
 @pytest.hookimpl(tryfirst=True)
@@ -156,11 +169,10 @@ def pytest_sessionstart(session: pytest.Session) -> None:
     if not state.settings.enabled or state.is_worker:
         return
     try:
-        state.get_engine().preflight()
+        state.get_databases().preflight()
     except ConcurrentDBError as exc:
-        if state.engine is not None:
-            state.engine.close()
-            state.engine = None
+        state.close()
+        state.databases = None
         raise pytest.UsageError(str(exc)) from None
 
 
@@ -170,87 +182,32 @@ def pytest_sessionfinish(session: pytest.Session) -> None:
     if not state.settings.enabled:
         return
     state.teardown()  # normally done already by the concurrent_db fixture's teardown
-    if state.is_worker:
-        session.config.workeroutput["concurrent_db"] = state.report()  # type: ignore[attr-defined]
-    for engine in state.all_engines():
-        try:
-            if not state.is_worker and not state.settings.keep:
-                state.swept.extend(engine.sweep_run())
-        except ConcurrentDBError as exc:
-            terminal = session.config.pluginmanager.get_plugin("terminalreporter")
-            if terminal is not None:
-                terminal.write_line(f"concurrent-db: cleanup failed: {exc}", yellow=True)
-        finally:
-            engine.close()
+    try:
+        if state.is_worker:
+            session.config.workeroutput["concurrent_db"] = [r.to_wire() for r in state.reports()]  # type: ignore[attr-defined]
+        elif not state.settings.keep:
+            for databases in state.all_databases():
+                try:
+                    state.swept.extend(databases.sweep_run())
+                except ConcurrentDBError as exc:
+                    terminal = session.config.pluginmanager.get_plugin("terminalreporter")
+                    if terminal is not None:
+                        terminal.write_line(f"concurrent-db: cleanup failed: {exc.describe()}", yellow=True)
+    finally:
+        state.close()
 
 
 def pytest_terminal_summary(terminalreporter: Any, config: pytest.Config) -> None:
     state = config.stash.get(STATE_KEY, None)
     if state is None or not state.settings.enabled or _is_worker(config):
         return
-    reports = state.worker_reports if _runs_xdist(config) else state.report()
-    tr = terminalreporter
-    tr.section("concurrent-db")
-    tr.write_line(f"run: {state.run_id}")
-    templates: dict[str, list[dict[str, Any]]] = {}
-    for report in reports:
-        templates.setdefault(report["template"], []).append(report)
-    for template, group in templates.items():
-        first = group[0]
-        url = first.get("url") or "sqlite (default)"
-        tr.write_line(f"backend: {first.get('backend', state.settings.backend)}  url: {url}")
-        builders = [r for r in group if r.get("template_built")]
-        if builders:
-            how = f"built by {builders[0]['worker_id']} in {builders[0]['template_seconds']:.2f}s"
-        elif any(r.get("clone") for r in group):
-            how = "reused (inputs unchanged)"
-        else:
-            how = "not ready (setup failed)"
-        waited = max(r.get("lock_wait_seconds", 0.0) for r in group)
-        tr.write_line(f"template: {template} {how}; longest lock wait {waited:.2f}s")
-        ordered = sorted(group, key=_worker_order)
-        clones = ", ".join(
-            f"{r['worker_id']} {r['clone_seconds']:.3f}s{' (spare)' if r.get('spare_claimed') else ''}"
-            for r in ordered
-            if r.get("clone")
-        )
-        copied = [r["method"] for r in ordered if r.get("method") and not r.get("spare_claimed")]
-        method = (copied or [r["method"] for r in ordered if r.get("method")] or [""])[0]
-        tr.write_line(f"clones ({method}): {clones}" if method else f"clones: {clones}")
-        made = [r for r in ordered if r.get("spares_made")]
-        if made:
-            each = ", ".join(f"{r['worker_id']} {r['spare_seconds']:.2f}s" for r in made)
-            total = sum(r["spares_made"] for r in made)
-            tr.write_line(f"spares for the next run: {total} made in the background while the tests ran ({each})")
-        _write_teardown(tr, ordered)
-        for r in ordered:
-            if r.get("spare_error"):
-                tr.write_line(f"spares: {r['worker_id']} could not make one: {r['spare_error']}", yellow=True)
-    if reports:
-        checks = sum(r.get("checks", 0) for r in reports)
-        failures = sum(r.get("failures", 0) for r in reports)
-        warns = sum(r.get("warnings", 0) for r in reports)
-        tr.write_line(f"isolation ({state.settings.isolation}): {checks} checks, {failures} failed, {warns} warned")
-    dropped = sum(len(r.get("dropped", [])) for r in reports) + len(state.swept)
-    kept = " (kept: --concurrent-db-keep)" if state.settings.keep else ""
-    tr.write_line(f"dropped: {dropped} databases ({len(state.swept)} left by crashed workers){kept}")
-
-
-def _write_teardown(tr: Any, reports: list[dict[str, Any]]) -> None:
-    """The teardown phases of the worker whose teardown took longest."""
-    phases = ("check_seconds", "spare_wait_seconds", "drop_seconds")
-    timed = [r for r in reports if r.get("clone")]
-    if not timed:
-        return
-    slowest = max(timed, key=lambda r: sum(r.get(p, 0.0) for p in phases))
-    parts = [f"isolation checks {slowest.get('check_seconds', 0.0):.2f}s"]
-    if slowest.get("spares_made"):
-        parts.append(f"waiting for its spare {slowest.get('spare_wait_seconds', 0.0):.2f}s")
-    parts.append(f"drop {slowest.get('drop_seconds', 0.0):.2f}s")
-    tr.write_line(f"teardown (slowest, {slowest['worker_id']}): {', '.join(parts)}")
-
-
-def _worker_order(report: dict[str, Any]) -> tuple[int, str]:
-    worker = str(report.get("worker_id", ""))
-    digits = "".join(ch for ch in worker if ch.isdigit())
-    return (int(digits) if digits else -1, worker)
+    write_summary(
+        terminalreporter,
+        state.worker_reports if _runs_xdist(config) else state.reports(),
+        run_id=state.run_id,
+        isolation=state.settings.isolation,
+        swept=state.swept,
+        keep=state.settings.keep,
+        default_backend=state.settings.backend,
+        reaped=state.databases.stats.reaped if _runs_xdist(config) and state.databases is not None else (),
+    )

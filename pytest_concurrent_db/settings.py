@@ -187,3 +187,12 @@ def _split_paths(value: Any) -> list[Path]:
     if isinstance(value, (list, tuple)):
         return [Path(str(item)) for item in value if str(item)]
     return [Path(p) for part in shlex.split(str(value)) for p in part.split(",") if p]
+
+
+def check_url_for_xdist(url: DatabaseURL, parallel: bool) -> None:
+    """An in-memory SQLite URL cannot be shared between processes."""
+    if parallel and url.is_memory:
+        raise ConfigError(
+            "an in-memory SQLite URL cannot be shared by xdist workers; use a file URL "
+            "such as sqlite:///tests.db or omit --concurrent-db-url for the SQLite default"
+        )

@@ -1,9 +1,7 @@
-"""Per-process plugin state kept in ``config.stash``: the glue between pytest and the engine."""
+"""Per-process plugin state kept in ``config.stash``: the glue between pytest and the lifecycle modules."""
 
 from __future__ import annotations
 
-import hashlib
-import tempfile
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -12,10 +10,15 @@ from typing import Any
 
 import pytest
 
-from .engine import ConcurrentDatabase, Engine, Populator, callable_populator, schema_populator, server_lock_dir
+from .clones import ConcurrentDatabase
 from .isolation import IsolationChecker
+from .paths import Directories
+from .report import WorkerReport
 from .settings import Settings
+from .site import Site
+from .template import Populator, callable_populator, schema_populator
 from .url import DatabaseURL
+from .worker import WorkerDatabases
 
 __all__ = ["PluginState", "WorkerConnection", "get_state"]
 
@@ -30,74 +33,71 @@ class PluginState:
     worker_id: str
     is_worker: bool
     clone_dir: Path | None = None
-    engine: Engine | None = None
+    databases: WorkerDatabases | None = None
     checker: IsolationChecker | None = None
     database: ConcurrentDatabase | None = None
-    #: Engines of integrations (one per Django database alias...), besides ``engine``.
-    extra_engines: list[Engine] = field(default_factory=list)
-    worker_reports: list[dict[str, Any]] = field(default_factory=list)
+    #: Databases of integrations (one per Django test database...), besides ``databases``.
+    extra: list[WorkerDatabases] = field(default_factory=list)
+    worker_reports: list[WorkerReport] = field(default_factory=list)
     swept: list[str] = field(default_factory=list)
+    _scratch: list[Directories] = field(default_factory=list)
 
     # -- directories -------------------------------------------------------------------
-    def template_dir(self) -> Path:
-        """SQLite templates: pytest's cache dir, so that they survive between runs; without
-        the cache plugin, a stable per-project directory under the system temp dir."""
+    def directories(self, url: DatabaseURL) -> Directories:
+        """Where this process keeps SQLite templates (pytest's cache dir, so that they survive
+        between runs; without the cache plugin, a stable per-project directory), SQLite
+        clones (this run's base temp dir) and template file locks."""
+        clones = self.resolved_clone_dir()
         cache = getattr(self.config, "cache", None)
         if cache is not None:
-            return Path(cache.mkdir("concurrent_db"))
-        project = hashlib.sha256(str(self.config.rootpath).encode()).hexdigest()[:12]
-        return server_lock_dir() / "sqlite-templates" / project
+            return Directories.create(url, Path(cache.mkdir("concurrent_db")), clones)
+        return Directories.without_cache(url, Path(self.config.rootpath), clones)
 
-    def _basetemp(self) -> Path:
-        factory = getattr(self.config, "_tmp_path_factory", None)
-        if factory is not None:
-            return Path(factory.getbasetemp())
-        return Path(tempfile.mkdtemp(prefix="pytest-concurrent-db-"))
-
-    def lock_dir(self, url: DatabaseURL) -> Path:
-        """Template file locks: beside SQLite templates, machine-wide for servers."""
-        if url.backend == "sqlite":
-            return self.template_dir() / "locks"
-        return server_lock_dir()
-
-    def resolved_clone_dir(self) -> Path:
+    def resolved_clone_dir(self) -> Path | None:
+        """This run's SQLite clone directory: pytest's base temp dir (shared with the workers);
+        None without the tmpdir plugin (a temporary directory, removed at the end)."""
         if self.clone_dir is None:
-            self.clone_dir = self._basetemp() / "concurrent_db"
+            factory = getattr(self.config, "_tmp_path_factory", None)
+            if factory is not None:
+                self.clone_dir = Path(factory.getbasetemp()) / "concurrent_db"
         return self.clone_dir
 
-    # -- engine --------------------------------------------------------------------------
-    def new_engine(self, url: DatabaseURL, *, base: str | None = None) -> Engine:
-        """An engine for ``url`` using this process's run id, worker id and directories."""
-        sqlite = url.backend == "sqlite"
-        return Engine(
+    # -- databases -----------------------------------------------------------------------
+    def site(self, url: DatabaseURL, *, base: str | None = None) -> Site:
+        """The site of ``url`` with this run's settings and directories."""
+        dirs = self.directories(url)
+        if dirs.scratch:
+            self._scratch.append(dirs)
+        return Site(
             url,
-            run_id=self.run_id,
-            worker_id=self.worker_id,
-            lock_dir=self.lock_dir(url),
+            dirs,
+            base=base or "",
             lock_timeout=self.settings.lock_timeout,
             keep_templates=self.settings.keep_templates,
             clone_strategy=self.settings.clone_strategy,
-            template_dir=self.template_dir() if sqlite else None,
-            clone_dir=self.resolved_clone_dir() if sqlite else None,
-            base=base,
-            spares=self.settings.spares,
         )
 
-    def get_engine(self) -> Engine:
-        """The engine of the ``concurrent_db`` fixtures (the configured URL)."""
-        if self.engine is None:
-            self.engine = self.new_engine(self.settings.url or DatabaseURL(backend="sqlite", database=""))
-        return self.engine
+    def new_databases(self, url: DatabaseURL, *, base: str | None = None) -> WorkerDatabases:
+        """The databases of this process on ``url`` (run id, worker id, settings)."""
+        return WorkerDatabases(
+            self.site(url, base=base), run_id=self.run_id, worker_id=self.worker_id, spares=self.settings.spares
+        )
 
-    def all_engines(self) -> list[Engine]:
-        return ([self.engine] if self.engine is not None else []) + self.extra_engines
+    def get_databases(self) -> WorkerDatabases:
+        """The databases of the ``concurrent_db`` fixtures (the configured URL)."""
+        if self.databases is None:
+            self.databases = self.new_databases(self.settings.url or DatabaseURL(backend="sqlite", database=""))
+        return self.databases
+
+    def all_databases(self) -> list[WorkerDatabases]:
+        return ([self.databases] if self.databases is not None else []) + self.extra
 
     def populators(self, fixture_populate: Callable[[Any], None] | None) -> list[Populator]:
         out = [schema_populator(path) for path in self.settings.schema]
         hook = self.config.hook.pytest_concurrent_db_populate_template
         impls = hook.get_hookimpls()
         if impls:
-            backend = self.get_engine().backend.name
+            backend = self.settings.backend
             out.append(
                 callable_populator(
                     "pytest_concurrent_db_populate_template",
@@ -114,52 +114,55 @@ class PluginState:
         """Ensure the template and this worker's clone (once per process)."""
         if self.database is not None:
             return self.database
-        engine = self.get_engine()
+        databases = self.get_databases()
         populators = self.populators(fixture_populate)
         keys = [k for k in self.config.hook.pytest_concurrent_db_template_key(config=self.config) if k]
-        engine.ensure_template(populators, extra=[str(k) for k in keys], rebuild=self.settings.rebuild)
-        self.database = engine.create_clone()
+        template = databases.ensure_template(populators, extra=[str(k) for k in keys], rebuild=self.settings.rebuild)
+        self.database = databases.create_clone()
         self.checker = IsolationChecker(
-            backend=engine.backend,
+            backend=databases.backend,
             clone=self.database.name,
             template=self.database.template_name,
             run_id=self.run_id,
             worker_id=self.worker_id,
-            fingerprint=engine.template_fingerprint,
+            fingerprint=template.fingerprint,
             mode=self.settings.isolation,
         )
         return self.database
 
     def teardown(self) -> None:
         """Drop this process's clones (unless ``--concurrent-db-keep``)."""
-        for engine in self.all_engines():
+        for databases in self.all_databases():
             if self.settings.keep:
-                engine.keep_clone()
+                databases.keep_clone()
             else:
-                engine.drop_clone()
+                databases.drop_clone()
         self.database = None
 
-    def worker_connection(self) -> WorkerConnection:
-        assert self.engine is not None
-        assert self.checker is not None
-        return WorkerConnection(self.engine, self.checker, self.worker_id)
+    def close(self) -> None:
+        """Close every control connection and remove temporary directories."""
+        try:
+            for databases in self.all_databases():
+                databases.close()
+        finally:
+            for dirs in self._scratch:
+                dirs.cleanup()
 
-    def report(self) -> list[dict[str, Any]]:
-        """One stats dict per engine that made a database in this process."""
-        out = []
-        for engine in self.all_engines():
-            if engine.stats.template:
-                stats = engine.stats.as_dict()
-                stats["worker_id"] = self.worker_id
-                out.append(stats)
-        return out
+    def worker_connection(self) -> WorkerConnection:
+        assert self.databases is not None
+        assert self.checker is not None
+        return WorkerConnection(self.databases, self.checker, self.worker_id)
+
+    def reports(self) -> list[WorkerReport]:
+        """One report per template this process made a database of."""
+        return [d.report() for d in self.all_databases() if d.stats.template]
 
 
 class WorkerConnection:
     """The one connection a worker's tests share; re-opened after an isolation error."""
 
-    def __init__(self, engine: Engine, checker: IsolationChecker, worker_id: str) -> None:
-        self.engine = engine
+    def __init__(self, databases: WorkerDatabases, checker: IsolationChecker, worker_id: str) -> None:
+        self.databases = databases
         self.checker = checker
         self.worker_id = worker_id
         self._connection: Any = None
@@ -167,13 +170,13 @@ class WorkerConnection:
     @property
     def connection(self) -> Any:
         if self._connection is None:
-            self._connection = self.engine.backend.connect(self.checker.clone)
+            self._connection = self.databases.backend.connect(self.checker.clone)
             self.checker.baseline(self._connection)
         return self._connection
 
     def check(self) -> tuple[list[str], list[str]]:
-        """(errors, warnings) of the isolation check; counts them in the engine's stats."""
-        stats = self.engine.stats
+        """(errors, warnings) of the isolation check; counts them in the stats."""
+        stats = self.databases.stats
         stats.checks += 1
         started = time.perf_counter()
         try:

@@ -35,11 +35,13 @@ def write_summary(
     swept: Sequence[str],
     keep: bool,
     default_backend: str,
+    reaped: Sequence[str] = (),
 ) -> None:
     """Write the ``concurrent-db`` section: one block per template, then the run's totals.
 
     ``swept`` are the databases of crashed workers the controller dropped at the end of
-    the run; ``default_backend`` names the backend of reports that do not carry one.
+    the run; ``reaped`` those of dead runs it dropped at the start (workers report their
+    own); ``default_backend`` names the backend of reports that do not carry one.
     """
     tr.section("concurrent-db")
     tr.write_line(f"run: {run_id}")
@@ -56,7 +58,7 @@ def write_summary(
     if reports:
         tr.write_line(_isolation_line(reports, isolation))
     tr.write_line(_dropped_line(reports, swept, keep=keep))
-    for line in (_reaped_line(reports), _pruned_line(reports)):
+    for line in (_reaped_line(reports, reaped), _pruned_line(reports)):
         if line is not None:
             tr.write_line(line)
 
@@ -145,8 +147,8 @@ def _dropped_line(reports: Sequence[WorkerReport], swept: Sequence[str], *, keep
     return f"dropped: {dropped} databases ({len(swept)} left by crashed workers){kept}"
 
 
-def _reaped_line(reports: Sequence[WorkerReport]) -> str | None:
-    reaped = _unique(name for r in reports for name in r.reaped)
+def _reaped_line(reports: Sequence[WorkerReport], more: Sequence[str] = ()) -> str | None:
+    reaped = _unique([*(name for r in reports for name in r.reaped), *more])
     if not reaped:
         return None
     return f"reaped: {len(reaped)} databases left by dead runs ({_some(reaped)})"

@@ -9,12 +9,16 @@ from __future__ import annotations
 
 import os
 from collections.abc import Iterator
+from pathlib import Path
 from typing import Any
 
 import pytest
 
 from pytest_concurrent_db.backends import connect_url
+from pytest_concurrent_db.paths import Directories
+from pytest_concurrent_db.site import Site
 from pytest_concurrent_db.url import DatabaseURL, parse_url
+from pytest_concurrent_db.worker import WorkerDatabases
 
 pytest_plugins = ["pytester"]
 
@@ -34,6 +38,25 @@ def drop_ours(backend: Any, prefix: str) -> None:
                 backend.drop(info.name)
     finally:
         backend.close()
+
+
+def worker_databases(
+    url: DatabaseURL,
+    *,
+    run_id: str,
+    worker_id: str,
+    lock_dir: Path,
+    base: str | None = None,
+    spares: int | str = 0,
+    template_dir: Path | None = None,
+    clone_dir: Path | None = None,
+) -> WorkerDatabases:
+    """The databases of one simulated process, with its file locks (and, for SQLite, its
+    templates and clones) in directories of the test's own: another "machine" is another
+    ``lock_dir``."""
+    root = Path(lock_dir)
+    directories = Directories(templates=Path(template_dir or root), clones=Path(clone_dir or root), locks=root)
+    return WorkerDatabases(Site(url, directories, base=base or ""), run_id=run_id, worker_id=worker_id, spares=spares)
 
 
 def _probe(url: str) -> str | None:

@@ -19,9 +19,9 @@ from collections.abc import Callable, Iterable
 from dataclasses import asdict, dataclass, field
 from typing import Any, ClassVar, Generic, Literal, Protocol, TypeVar
 
-from ..errors import ConcurrentDBError
+from ..errors import PREFIX, ConcurrentDBError
 
-__all__ = ["MARKER_TAG", "Backend", "ControlConnection", "DatabaseInfo", "Marker"]
+__all__ = ["MARKER_TAG", "Backend", "ControlConnection", "DatabaseInfo", "Marker", "clean_up_after"]
 
 Conn = TypeVar("Conn")
 Result = TypeVar("Result")
@@ -272,6 +272,23 @@ def retake_locks(
     except BaseException:
         lost.update(set(pending) - held)
         raise
+
+
+def clean_up_after(error: BaseException, cleanup: Callable[[], object], what: str) -> bool:
+    """Run ``cleanup``, made necessary by ``error`` (e.g. drop a half-made clone); True if it worked.
+
+    The caller goes on raising ``error``: a failing cleanup never replaces it.  The cleanup's
+    exception is recorded on ``error`` as a note (``what: reason``, Python 3.11+) instead.
+    """
+    try:
+        cleanup()
+    except Exception as failure:
+        add_note = getattr(error, "add_note", None)
+        if add_note is not None:
+            reason = " ".join(str(failure).split()) or type(failure).__name__
+            add_note(f"{PREFIX}{what}: {reason}")
+        return False
+    return True
 
 
 class ControlConnection(Generic[Conn]):

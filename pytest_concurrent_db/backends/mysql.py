@@ -51,7 +51,7 @@ from ..errors import (
 from ..options import names
 from ..sqlscript import split_sql
 from ..url import DatabaseURL
-from .base import ControlConnection, DatabaseInfo, Marker
+from .base import ControlConnection, DatabaseInfo, Marker, clean_up_after
 from .mysql_recipe import capture_recipe, quote_ident, replay_recipe
 
 __all__ = ["REGISTRY", "MySQLBackend", "quote_ident"]
@@ -303,6 +303,11 @@ class MySQLBackend(ControlConnection[Any]):
     def _unclaim(self, name: str, marker: Marker) -> None:
         self._execute("DELETE FROM " + _REGISTRY_TABLE + " WHERE name = %s AND marker = %s", (name, marker.encode()))
 
+    def _remove(self, name: str, marker: Marker) -> None:
+        """Drop the half-made database ``name``, then its registry row (kept if the drop fails)."""
+        self._drop_database(name)
+        self._unclaim(name, marker)
+
     def get_marker(self, name: str) -> Marker | None:
         if not self.exists(name):
             return None
@@ -341,9 +346,9 @@ class MySQLBackend(ControlConnection[Any]):
         claimed = self._claim(name, marker)
         try:
             self._create_database("CREATE DATABASE " + quote_ident(name), name)
-        except BaseException:
+        except BaseException as exc:
             if claimed:
-                self._unclaim(name, marker)
+                clean_up_after(exc, lambda: self._unclaim(name, marker), f"the registry row of {name!r} stays")
             raise
 
     def set_marker(self, name: str, marker: Marker) -> None:
@@ -405,20 +410,14 @@ class MySQLBackend(ControlConnection[Any]):
                 + quote_ident(recipe["collation"]),
                 name,
             )
-        except BaseException:
+        except BaseException as exc:
             if claimed:
-                self._unclaim(name, marker)
+                clean_up_after(exc, lambda: self._unclaim(name, marker), f"the registry row of {name!r} stays")
             raise
         try:
             self._replay(recipe, name)
         except BaseException as exc:
-            try:
-                self._drop_database(name)
-                self._unclaim(name, marker)
-            except Exception as cleanup:  # the original error is the one to report
-                add_note = getattr(exc, "add_note", None)
-                if add_note is not None:
-                    add_note(f"concurrent-db: the half-made clone {name!r} could not be removed: {cleanup}")
+            clean_up_after(exc, lambda: self._remove(name, marker), f"the half-made clone {name!r} could not be removed")
             raise
 
     def clone_method(self) -> str:

@@ -37,7 +37,7 @@ from ..naming import lock_key
 from ..options import names
 from ..sqlscript import Statement, split_sql
 from ..url import DatabaseURL
-from .base import ControlConnection, DatabaseInfo, Marker
+from .base import ControlConnection, DatabaseInfo, Marker, clean_up_after
 
 __all__ = ["PostgreSQLBackend"]
 
@@ -290,18 +290,22 @@ class PostgreSQLBackend(ControlConnection[psycopg.Connection[Any]]):
 
     def _finish(self, name: str, steps: list[sql.Composed], marker: Marker, what: str) -> None:
         """Record ``marker`` (first: a leftover we fail to drop can still be reaped), then run
-        ``steps`` on the new database ``name``; drop it on any failure."""
+        ``steps`` on the new database ``name``; drop it on any failure (a failing drop is
+        noted on the original error, never raised instead of it)."""
         try:
             self._comment(name, marker)
             for step in steps:
                 self._exec(step)
         except BaseException as exc:
-            with contextlib.suppress(psycopg.Error):
-                self._force_drop(name)
+            dropped = clean_up_after(exc, lambda: self._force_drop(name), f"the new database {name!r} stays")
             if not isinstance(exc, psycopg.Error):
                 raise
             error = PrivilegeError if isinstance(exc, errors.InsufficientPrivilege) else ConcurrentDBError
-            raise error(f"cannot {what}: {_reason(exc)}; the new database was dropped") from exc
+            outcome = "the new database was dropped" if dropped else f"the new database {name!r} could not be dropped"
+            failure = error(f"cannot {what}: {_reason(exc)}; {outcome}")
+            for note in getattr(exc, "__notes__", ()):
+                failure.add_note(note)  # only set on Python 3.11+, which has add_note
+            raise failure from exc
 
     def create(self, name: str, marker: Marker) -> None:
         """Create ``name`` from the default template (template0 when our own control

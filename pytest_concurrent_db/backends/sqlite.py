@@ -18,6 +18,7 @@ import json
 import os
 import socket
 import sqlite3
+import threading
 from pathlib import Path
 from typing import Any, ClassVar
 
@@ -102,7 +103,7 @@ class SQLiteBackend:
         for directory in (self.template_dir, self.clone_dir):
             try:
                 directory.mkdir(parents=True, exist_ok=True)
-                probe = directory / f".probe-{os.getpid()}"
+                probe = directory / f".probe-{os.getpid()}-{threading.get_ident()}"  # threads of one process too
                 probe.write_bytes(b"")
                 probe.unlink()
             except OSError as exc:

@@ -7,7 +7,7 @@ import shutil
 
 import pytest
 
-from pytest_concurrent_db.engine import server_lock_dir
+from pytest_concurrent_db.paths import server_lock_dir
 
 from .conftest import Project, summary
 
@@ -221,22 +221,24 @@ def test_template_dropped_before_the_clone_is_rebuilt(backend_url, tmp_path) -> 
     """Another run may prune the template between our check and our clone: build it again."""
     import secrets
 
-    from pytest_concurrent_db.engine import Engine, schema_populator
+    from pytest_concurrent_db.template import schema_populator
+    from tests.conftest import worker_databases
 
     schema = tmp_path / "schema.sql"
     schema.write_text("CREATE TABLE t (id INTEGER);\n")
     base = "race" + secrets.token_hex(3)
     url = backend_url.with_database(str(tmp_path / f"{base}.db") if backend_url.backend == "sqlite" else base)
-    engine = Engine(url, run_id="r" + secrets.token_hex(3), worker_id="gw0", lock_dir=tmp_path / "locks",
-                    template_dir=tmp_path / "tpl", clone_dir=tmp_path / "clones")
+    engine = worker_databases(url, run_id="r" + secrets.token_hex(3), worker_id="gw0", lock_dir=tmp_path / "locks",
+                              template_dir=tmp_path / "tpl", clone_dir=tmp_path / "clones")
     try:
-        template = engine.ensure_template([schema_populator(schema)])
+        template = engine.ensure_template([schema_populator(schema)]).name
         engine.backend.drop(template)  # what a concurrent prune does
         database = engine.create_clone()
         assert engine.backend.exists(database.name)
-        assert engine.backend.exists(engine.template)
+        assert engine.template is not None
+        assert engine.backend.exists(engine.template.name)
     finally:
         engine.drop_clone()
-        if engine.template and engine.backend.exists(engine.template):
-            engine.backend.drop(engine.template)
+        if engine.template and engine.backend.exists(engine.template.name):
+            engine.backend.drop(engine.template.name)
         engine.close()

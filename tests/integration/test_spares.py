@@ -13,11 +13,12 @@ from pathlib import Path
 
 import pytest
 
-from pytest_concurrent_db import engine as engine_module
+from pytest_concurrent_db import spares as spares_module
 from pytest_concurrent_db.backends import Marker, load_backend
-from pytest_concurrent_db.engine import Engine, schema_populator
+from pytest_concurrent_db.template import schema_populator
 from pytest_concurrent_db.url import DatabaseURL
-from tests.conftest import drop_ours
+from pytest_concurrent_db.worker import WorkerDatabases
+from tests.conftest import drop_ours, worker_databases
 
 from .conftest import SPARE, Project, summary
 
@@ -202,15 +203,15 @@ def server_url(request: pytest.FixtureRequest) -> Iterator[DatabaseURL]:
     drop_ours(load_backend(url), f"cdb_{url.database}_")
 
 
-def _worker(url: DatabaseURL, tmp_path: Path, run_id: str) -> Engine:
-    engine = Engine(url, run_id=run_id, worker_id="gw0", lock_dir=tmp_path / "locks", spares="auto")
+def _worker(url: DatabaseURL, tmp_path: Path, run_id: str) -> WorkerDatabases:
+    engine = worker_databases(url, run_id=run_id, worker_id="gw0", lock_dir=tmp_path / "locks", spares="auto")
     schema = tmp_path / "schema.sql"
     schema.write_text("CREATE TABLE t (id INTEGER PRIMARY KEY);\n")
     engine.ensure_template([schema_populator(schema)])
     return engine
 
 
-def _one_run(engine: Engine) -> tuple[bool, int]:
+def _one_run(engine: WorkerDatabases) -> tuple[bool, int]:
     """What a worker does in one run: (took over a spare, spares made for the next run)."""
     try:
         engine.create_clone()
@@ -226,7 +227,7 @@ def test_auto_makes_spares_only_when_copies_are_slow(
     """``auto``: no spare after a copy faster than the backend's threshold; one after a slower
     copy; and a worker that took a spare over makes the next one whatever its own (instant)
     takeover took."""
-    thresholds = engine_module.SPARES_AUTO_MIN_SECONDS
+    thresholds = spares_module.SPARES_AUTO_MIN_SECONDS
     monkeypatch.setitem(thresholds, server_url.backend, 3600.0)  # every copy is "fast"
     assert _one_run(_worker(server_url, tmp_path, "run00001")) == (False, 0)
     backend = load_backend(server_url)

@@ -20,11 +20,12 @@ from typing import Any
 
 import pytest
 
-from pytest_concurrent_db import ConcurrentDBError, Engine
+from pytest_concurrent_db import ConcurrentDBError
 from pytest_concurrent_db.backends import Backend, Marker, load_backend
-from pytest_concurrent_db.engine import schema_populator
 from pytest_concurrent_db.naming import template_name
+from pytest_concurrent_db.template import fingerprint, schema_populator
 from pytest_concurrent_db.url import DatabaseURL
+from tests.conftest import worker_databases
 from tests.integration.conftest import Project, summary
 
 
@@ -321,8 +322,9 @@ def test_a_hung_server_lock_holder_times_out_with_one_clear_line(
     template lock: ``--concurrent-db-lock-timeout 2`` ends the run with one line naming the
     lock and its holder, and nothing is left on the server."""
     project.write(tests="def test_a(concurrent_db_connection): pass\ndef test_b(concurrent_db_connection): pass\n")
-    holder = Engine(project.url, run_id="hung0000", worker_id="holder", lock_dir=tmp_path / "holder-locks")
-    name = template_name(holder.base, holder.fingerprint([schema_populator(project.pytester.path / "schema.sql")]))
+    holder = worker_databases(project.url, run_id="hung0000", worker_id="holder", lock_dir=tmp_path / "holder-locks")
+    print_ = fingerprint(holder.backend, [schema_populator(project.pytester.path / "schema.sql")])
+    name = template_name(holder.site.base, print_)
     key = f"template:{name}"
     holder.backend.acquire_lock(key, 10)
     machine = tmp_path / "other-machine"

@@ -27,12 +27,14 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from psycopg import sql
 
-from pytest_concurrent_db import ConcurrentDBError, Engine
+from pytest_concurrent_db import ConcurrentDBError
 from pytest_concurrent_db.backends import Backend, Marker, connect_url, load_backend
 from pytest_concurrent_db.backends.mysql import REGISTRY, quote_ident
-from pytest_concurrent_db.engine import callable_populator
 from pytest_concurrent_db.naming import clone_name, is_generated, sanitize, template_name
+from pytest_concurrent_db.template import callable_populator
 from pytest_concurrent_db.url import DatabaseURL, parse_url
+from pytest_concurrent_db.worker import WorkerDatabases
+from tests.conftest import worker_databases
 
 TOKEN = "nm" + secrets.token_hex(3)  # in every database this module makes
 SYSTEM = {"postgres", "template0", "template1", "information_schema", "mysql", "performance_schema", "sys"}
@@ -58,8 +60,8 @@ class Server:
             return load_backend(self.url, template_dir=self.root / "templates", clone_dir=self.root / "clones")
         return load_backend(self.url, application_name=application_name)
 
-    def engine(self, base: str, run_id: str, worker_id: str) -> Engine:
-        return Engine(
+    def engine(self, base: str, run_id: str, worker_id: str) -> WorkerDatabases:
+        return worker_databases(
             self.url,
             run_id=run_id,
             worker_id=worker_id,
@@ -171,11 +173,11 @@ def _populate(connection: Any) -> None:
     cur.execute("INSERT INTO item (id, label) VALUES (1, 'seed')")
 
 
-def _make(server: Server, base: str, run_id: str, worker_id: str) -> tuple[Engine, str, str]:
-    """Template and clone for ``base`` through a real Engine: (engine, template, clone)."""
+def _make(server: Server, base: str, run_id: str, worker_id: str) -> tuple[WorkerDatabases, str, str]:
+    """Template and clone for ``base`` through real WorkerDatabases: (databases, template, clone)."""
     engine = server.engine(base, run_id, worker_id)
     try:
-        template = engine.ensure_template([callable_populator("names", _populate)])
+        template = engine.ensure_template([callable_populator("names", _populate)]).name
         clone = engine.create_clone().name
     except BaseException:
         _unmake(engine)
@@ -183,16 +185,16 @@ def _make(server: Server, base: str, run_id: str, worker_id: str) -> tuple[Engin
     return engine, template, clone
 
 
-def _unmake(engine: Engine) -> None:
+def _unmake(engine: WorkerDatabases) -> None:
     try:
         engine.drop_clone()
         if engine.template is not None:
-            engine.backend.drop(engine.template)
+            engine.backend.drop(engine.template.name)
     finally:
         engine.close()
 
 
-def _rows(engine: Engine) -> list[tuple[Any, ...]]:
+def _rows(engine: WorkerDatabases) -> list[tuple[Any, ...]]:
     assert engine.database is not None
     connection = engine.database.connect()
     try:
@@ -212,7 +214,7 @@ def test_any_base_name_makes_exactly_one_template_and_one_clone(server: Server, 
     before, registry = server.everything(), server.registry_rows()
     engine, template, clone = _make(server, base, run_id, worker_id)
     try:
-        assert template == template_name(base, engine.template_fingerprint)
+        assert template == template_name(base, engine.template.fingerprint)
         assert clone == clone_name(base, run_id, worker_id)
         for name in (template, clone):
             assert is_generated(name), name
@@ -245,7 +247,7 @@ def test_long_names_that_differ_only_after_byte_63_never_collide(server: Server,
     bases = [TOKEN + common + tail for tail in tails]
     assert bases[0].encode()[:63] == bases[1].encode()[:63]
     before = server.everything()
-    made: list[tuple[Engine, str, str]] = []
+    made: list[tuple[WorkerDatabases, str, str]] = []
     try:
         for base in bases:
             made.append(_make(server, base, "r" + secrets.token_hex(4), "gw0"))

@@ -16,9 +16,9 @@ import psycopg
 import psycopg.sql
 
 from pytest_concurrent_db.backends import Marker, load_backend
-from pytest_concurrent_db.engine import Engine, schema_populator
+from pytest_concurrent_db.template import schema_populator
 from pytest_concurrent_db.url import DatabaseURL
-from tests.conftest import drop_ours
+from tests.conftest import drop_ours, worker_databases
 
 #: A template whose copy takes long enough (hundreds of ms) to be killed in the middle.
 BIG_SCHEMA = """
@@ -29,11 +29,15 @@ BIG_SCHEMA = """
 MAKER = """
     import sys
     from pathlib import Path
-    from pytest_concurrent_db.engine import Engine, schema_populator
+    from pytest_concurrent_db.paths import Directories
+    from pytest_concurrent_db.site import Site
+    from pytest_concurrent_db.template import schema_populator
     from pytest_concurrent_db.url import parse_url
+    from pytest_concurrent_db.worker import WorkerDatabases
 
     url, base, schema, locks = sys.argv[1:5]
-    engine = Engine(parse_url(url), run_id="deadbeef", worker_id="gw0", lock_dir=Path(locks), base=base, spares=1)
+    site = Site(parse_url(url), Directories(Path(locks), Path(locks), Path(locks)), base=base)
+    engine = WorkerDatabases(site, run_id="deadbeef", worker_id="gw0", spares=1)
     engine.ensure_template([schema_populator(Path(schema))])
     print("making", flush=True)
     engine.make_spares()
@@ -57,7 +61,7 @@ def test_killed_while_copying_a_spare_leaves_nothing_unmarked(postgresql_url: Da
     url = postgresql_url.with_database(base)
     schema = tmp_path / "schema.sql"
     schema.write_text(textwrap.dedent(BIG_SCHEMA))
-    engine = Engine(url, run_id="builder0", worker_id="main", lock_dir=tmp_path / "locks", base=base)
+    engine = worker_databases(url, run_id="builder0", worker_id="main", lock_dir=tmp_path / "locks", base=base)
     try:
         engine.ensure_template([schema_populator(schema)])  # built here, not in the killed process
         script = tmp_path / "maker.py"
@@ -86,7 +90,7 @@ def test_killed_while_copying_a_spare_leaves_nothing_unmarked(postgresql_url: Da
         try:
             left = backend.list_databases(f"cdb_{base}_sp")
             assert [i.name for i in left if i.marker is None] == []  # never an unmarked copy
-            engine.reap_dead()  # what the next run's start does
+            engine.janitor.reap_dead()  # what the next run's start does
             assert backend.list_databases(f"cdb_{base}_sp") == []
         finally:
             backend.close()
@@ -106,12 +110,12 @@ def test_a_copy_made_for_a_process_that_died_before_marking_it_is_adopted_and_re
     schema = tmp_path / "schema.sql"
     schema.write_text("CREATE TABLE t (id INTEGER PRIMARY KEY);\n")
     locks = tmp_path / "locks"
-    engine = Engine(url, run_id="reaper01", worker_id="main", lock_dir=locks, base=base)
+    engine = worker_databases(url, run_id="reaper01", worker_id="main", lock_dir=locks, base=base)
     holder = load_backend(url)
     orphan, alive, stranger = (f"cdb_{base}_sp{tag}_gw0" for tag in ("0a0a0a", "0b0b0b", "0c0c0c"))
     orphan_template = f"cdb_{base}_tpl_0d0d0d0d0d0d"  # a template build killed the same way
     try:
-        template = engine.ensure_template([schema_populator(schema)])
+        template = engine.ensure_template([schema_populator(schema)]).name
         with psycopg.connect(
             host=url.host, port=url.port, user=url.username, password=url.password, dbname="postgres", autocommit=True
         ) as raw:
@@ -121,7 +125,7 @@ def test_a_copy_made_for_a_process_that_died_before_marking_it_is_adopted_and_re
                         psycopg.sql.Identifier(name), psycopg.sql.Identifier(template)
                     )
                 )
-        intents, server = engine._intents  # where the engine records them for this server
+        intents, server = engine.site.directories.intents, engine.site.intent_prefix  # where they are recorded
         intents.mkdir(parents=True, exist_ok=True)
         for name in (orphan, alive):
             marker = Marker(kind="spare", run_id="deadbeef", worker_id="gw0", template=template, state="building")
@@ -130,7 +134,7 @@ def test_a_copy_made_for_a_process_that_died_before_marking_it_is_adopted_and_re
         (intents / f"{server}{orphan_template}.json").write_text(marker.encode())
         assert holder.try_lock(f"clone:{alive}")  # its creator is still copying
 
-        engine.reap_dead()
+        engine.janitor.reap_dead()
 
         left = {i.name: i.marker for i in holder.list_databases(f"cdb_{base}_")}
         assert orphan not in left  # adopted, then reaped as an unfinished spare

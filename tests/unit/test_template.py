@@ -1,4 +1,4 @@
-"""The pure parts of the engine: populator keys and the xdist URL check."""
+"""The pure parts of the template lifecycle: populator keys and the xdist URL check."""
 
 from __future__ import annotations
 
@@ -10,8 +10,9 @@ from typing import Any
 import pytest
 
 from pytest_concurrent_db.backends.sqlite import SQLiteBackend
-from pytest_concurrent_db.engine import callable_populator, check_url_for_xdist, schema_populator
 from pytest_concurrent_db.errors import ConfigError, ScriptError
+from pytest_concurrent_db.settings import check_url_for_xdist
+from pytest_concurrent_db.template import callable_populator, schema_populator
 from pytest_concurrent_db.url import parse_url
 
 SCHEMA = "CREATE TABLE items (id INTEGER PRIMARY KEY, name TEXT);\nINSERT INTO items (name) VALUES ('a');\n"
@@ -59,7 +60,7 @@ def test_schema_key_is_taken_when_the_populator_is_made(tmp_path: Path) -> None:
 
 
 def test_schema_populator_applies_the_file(tmp_path: Path, backend: SQLiteBackend, connection: Any) -> None:
-    schema_populator(write(tmp_path / "schema.sql", SCHEMA)).apply(backend, connection)
+    schema_populator(write(tmp_path / "schema.sql", SCHEMA)).apply(backend, connection, "tpl")
     assert connection.execute("SELECT name FROM items").fetchall() == [("a",)]
     assert not connection.in_transaction
 
@@ -67,7 +68,7 @@ def test_schema_populator_applies_the_file(tmp_path: Path, backend: SQLiteBacken
 def test_schema_populator_error_names_file_and_line(tmp_path: Path, backend: SQLiteBackend, connection: Any) -> None:
     path = write(tmp_path / "broken.sql", "-- header\nCREATE TABLE t (x);\n\nINSERT INTO missing VALUES (1);\n")
     with pytest.raises(ScriptError) as info:
-        schema_populator(path).apply(backend, connection)
+        schema_populator(path).apply(backend, connection, "tpl")
     assert (info.value.source, info.value.line) == (str(path), 4)
     assert str(info.value).startswith(f"concurrent-db: {path}:4: INSERT INTO missing VALUES (1)")
     assert "no such table: missing" in str(info.value)
@@ -104,7 +105,7 @@ def test_callable_without_source_falls_back_to_its_name() -> None:
 
 
 def test_callable_populator_runs_and_commits(backend: SQLiteBackend, connection: Any) -> None:
-    callable_populator("fixture", populate_a).apply(backend, connection)
+    callable_populator("fixture", populate_a).apply(backend, connection, "tpl")
     assert not connection.in_transaction
     assert connection.execute("SELECT x FROM a").fetchall() == [(1,)]
 
@@ -116,7 +117,7 @@ def test_callable_populator_uses_call_when_given(backend: SQLiteBackend, connect
         calls.append(conn)
         populate_b(conn)
 
-    callable_populator("fixture", populate_a, call=call).apply(backend, connection)
+    callable_populator("fixture", populate_a, call=call).apply(backend, connection, "tpl")
     assert calls == [connection]
     assert connection.execute("SELECT name FROM sqlite_master").fetchall() == [("b",)]
 

@@ -1,0 +1,273 @@
+"""Cleanup of what runs leave on a server: sweep, reap, prune, inventory.
+
+The decisions (what is dead, what is doomed, what a prune may drop) are pure functions
+over markers and :class:`Entry` lists, unit-tested without a server.  :class:`Janitor`
+gathers the facts (markers, which liveness locks are free) from a backend, asks those
+functions, and drops what they name, never a database whose owner's lock is held and
+never one without our marker (the backends refuse those).
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable, Iterable, Sequence
+from dataclasses import dataclass
+
+from .backends import Backend, DatabaseInfo, Marker
+from .errors import ConcurrentDBError, LockTimeoutError, NotOursError, PrivilegeError
+from .markers import build_id, forget_intent, intent_files, lock_key
+from .naming import PREFIX
+from .site import Site
+
+__all__ = ["Entry", "Janitor", "entries", "prune_plan", "ready_builds", "reapable", "sweepable"]
+
+
+@dataclass(frozen=True)
+class Entry:
+    """One of our databases as the inventory sees it."""
+
+    name: str
+    kind: str
+    state: str
+    run_id: str
+    worker_id: str
+    template: str
+    fingerprint: str
+    live: bool
+    age_seconds: float
+    size_bytes: int | None
+
+
+# -- decisions: pure functions ------------------------------------------------------------
+def sweepable(marker: Marker, run_id: str) -> bool:
+    """Left by a crashed worker of run ``run_id``: its clones (unless kept) and the spares it
+    was still making."""
+    if marker.run_id != run_id:
+        return False
+    return (marker.kind == "clone" and marker.state != "kept") or (
+        marker.kind == "spare" and marker.state == "building"
+    )
+
+
+def ready_builds(infos: Iterable[DatabaseInfo]) -> set[tuple[str, str]]:
+    """(template name, build id) of every ready template among ``infos``."""
+    return {
+        (i.name, build_id(i.marker))
+        for i in infos
+        if i.marker is not None and i.marker.kind == "template" and i.marker.state == "ready"
+    }
+
+
+def reapable(marker: Marker, run_id: str, builds: set[tuple[str, str]]) -> bool:
+    """Left by a dead run, seen from run ``run_id``: clones of other runs (unless kept),
+    unfinished templates, and spares that are unfinished or whose build of their template
+    (``builds``, from :func:`ready_builds`) is gone."""
+    if marker.kind == "clone":
+        return marker.run_id != run_id and marker.state != "kept"
+    if marker.kind == "template":
+        return marker.state != "ready"
+    return marker.state != "ready" or (marker.template, marker.fingerprint) not in builds
+
+
+def entries(
+    infos: Iterable[DatabaseInfo],
+    *,
+    live_clones: set[str],
+    live_builds: set[str],
+    current_template: str | None = None,
+    now: float | None = None,
+) -> list[Entry]:
+    """The inventory of ``infos`` (ours only: those with a marker).  ``live_clones``: clones
+    and spares whose lock is held; ``live_builds``: unfinished templates whose build lock
+    is held.  A ready template is live while a live clone uses it, or it is
+    ``current_template`` (this process's)."""
+    ours = [i for i in infos if i.marker is not None]
+    used = {i.marker.template for i in ours if i.marker and i.marker.kind == "clone" and i.name in live_clones}
+    now = time.time() if now is None else now
+    out = []
+    for info in ours:
+        marker = info.marker
+        assert marker is not None
+        if marker.kind in ("clone", "spare"):
+            live = info.name in live_clones
+        elif marker.state != "ready":
+            live = info.name in live_builds
+        else:
+            live = info.name in used or info.name == current_template
+        out.append(
+            Entry(
+                info.name,
+                marker.kind,
+                marker.state,
+                marker.run_id,
+                marker.worker_id,
+                marker.template,
+                marker.fingerprint,
+                live,
+                max(now - marker.created, 0.0),
+                info.size_bytes,
+            )
+        )
+    return out
+
+
+def prune_plan(
+    inventory: Sequence[Entry],
+    *,
+    keep: int,
+    base_prefix: str,
+    everything: bool = False,
+    current_template: str | None = None,
+) -> list[Entry]:
+    """What a prune drops: ready templates beyond the newest ``keep`` per base name that no
+    live run uses, with their spares.  Only the base name ``base_prefix``
+    (``cdb_<base>``, this project's) is considered, unless ``everything`` (the CLI), which
+    also drops dead clones, kept clones, dead spares and abandoned builds."""
+    doomed = [
+        e for e in inventory if everything and not e.live and (e.kind in ("clone", "spare") or e.state != "ready")
+    ]
+    by_base: dict[str, list[Entry]] = {}
+    for entry in inventory:
+        if entry.kind != "template" or entry.state != "ready" or entry.name == current_template:
+            continue
+        base = entry.name.rsplit("_tpl_", 1)[0]
+        if everything or base == base_prefix:
+            by_base.setdefault(base, []).append(entry)
+    for group in by_base.values():
+        group.sort(key=lambda e: e.age_seconds)
+        doomed.extend(e for e in group[keep:] if not e.live)
+    gone = {e.name for e in doomed if e.kind == "template"}  # their spares go with them
+    doomed.extend(e for e in inventory if e.kind == "spare" and e.template in gone and not e.live)
+    return list({e.name: e for e in doomed}.values())
+
+
+# -- the janitor: facts from the server, drops ----------------------------------------------
+class Janitor:
+    """Sweeps, reaps and prunes our databases on ``backend`` for run ``run_id``."""
+
+    def __init__(self, backend: Backend, site: Site, run_id: str) -> None:
+        self.backend = backend
+        self.site = site
+        self.run_id = run_id
+
+    def sweep_run(self, own: str | None = None, wait: float = 3.0) -> list[str]:
+        """Drop clones (and unfinished spares) of this run whose owner is gone (crashed
+        workers), except ``own``.  ``wait``: a worker killed a moment ago may still hold its
+        server session for a little while."""
+        self.adopt_orphans(wait=wait)
+        infos = self.backend.list_databases(PREFIX, sizes=False)
+        return self._drop_dead(infos, lambda m: sweepable(m, self.run_id), skip=own, wait=wait)
+
+    def reap_dead(self) -> list[str]:
+        """Drop what dead runs left: clones of other runs, unfinished templates, stale spares."""
+        self.adopt_orphans()
+        infos = self.backend.list_databases(PREFIX, sizes=False)
+        builds = ready_builds(infos)
+        return self._drop_dead(infos, lambda m: reapable(m, self.run_id, builds))
+
+    def inventory(
+        self, prefix: str = PREFIX, *, own: str | None = None, current_template: str | None = None
+    ) -> list[Entry]:
+        """Every database of ours on the server whose name starts with ``prefix``, with
+        whether its owner is alive (``own``: this process's clone, alive by definition)."""
+        infos = [i for i in self.backend.list_databases(prefix) if i.marker is not None]
+        live_clones = set()
+        live_builds = set()
+        for info in infos:
+            assert info.marker is not None
+            if info.marker.kind in ("clone", "spare"):  # a spare is live while it is being made
+                if info.name == own or self._is_live(f"clone:{info.name}"):
+                    live_clones.add(info.name)
+            elif info.marker.state != "ready" and self._is_live(f"template:{info.name}"):
+                live_builds.add(info.name)
+        return entries(infos, live_clones=live_clones, live_builds=live_builds, current_template=current_template)
+
+    def prune(
+        self,
+        *,
+        keep_templates: int | None = None,
+        dry_run: bool = False,
+        everything: bool = False,
+        prefix: str = PREFIX,
+        own: str | None = None,
+        current_template: str | None = None,
+    ) -> list[Entry]:
+        """Drop what :func:`prune_plan` names (default ``keep_templates``: the site's);
+        returns what was (or, with ``dry_run``, would be) dropped."""
+        keep = self.site.keep_templates if keep_templates is None else keep_templates
+        inventory = self.inventory(prefix, own=own, current_template=current_template)
+        doomed = prune_plan(
+            inventory,
+            keep=keep,
+            base_prefix=self.site.own_prefix.rstrip("_"),
+            everything=everything,
+            current_template=current_template,
+        )
+        if dry_run:
+            return doomed
+        return [e for e in doomed if self.drop_if_dead(e.name, lock_key(e.kind, e.name))]
+
+    def adopt_orphans(self, wait: float = 0.0) -> list[str]:
+        """Mark the databases of this server whose creator (its lock free) died before marking
+        them, from the intents recorded on this machine; returns their names.  They are
+        then reaped as unfinished.  ``wait``: how long to wait for the lock of this run's
+        own intents (a worker killed a moment ago)."""
+        if not self.backend.records_intents:
+            return []
+        adopted = []
+        for name, marker in intent_files(self.site, PREFIX):
+            # the lock is free once the creator's session has ended, and with it its CREATE DATABASE
+            key = lock_key(marker.kind, name)
+            if not self._take(key, wait if marker.run_id == self.run_id else 0.0):
+                continue  # its creator is alive
+            try:
+                if self.backend.adopt(name, marker):
+                    adopted.append(name)
+                forget_intent(self.site, name)
+            except ConcurrentDBError:
+                pass  # the server is busy with it; the next run looks again
+            finally:
+                self.backend.release_lock(key)
+        return adopted
+
+    def _drop_dead(
+        self,
+        infos: Iterable[DatabaseInfo],
+        wanted: Callable[[Marker], bool],
+        skip: str | None = None,
+        wait: float = 0.0,
+    ) -> list[str]:
+        dropped = []
+        for info in infos:
+            if info.marker is None or info.name == skip or not wanted(info.marker):
+                continue
+            if self.drop_if_dead(info.name, lock_key(info.marker.kind, info.name), wait):
+                dropped.append(info.name)
+        return dropped
+
+    def drop_if_dead(self, name: str, key: str, wait: float = 0.0) -> bool:
+        """Drop ``name`` if its owner's lock ``key`` can be taken; True if dropped."""
+        if not self._take(key, wait):
+            return False  # its owner is alive
+        try:
+            self.backend.drop(name)
+        except (NotOursError, PrivilegeError):  # not ours, or another user's: leave it
+            return False
+        finally:
+            self.backend.release_lock(key)
+        return True
+
+    def _take(self, key: str, wait: float) -> bool:
+        if wait <= 0:
+            return self.backend.try_lock(key)
+        try:
+            self.backend.acquire_lock(key, wait)
+        except LockTimeoutError:
+            return False
+        return True
+
+    def _is_live(self, key: str) -> bool:
+        if self.backend.try_lock(key):
+            self.backend.release_lock(key)
+            return False
+        return True

@@ -1,0 +1,319 @@
+"""The template: populators, fingerprint, and the build under the file lock + server lock.
+
+The result is a frozen :class:`Template` that every later step (clones, spares, the
+isolation check) takes as an argument.  A template is built once per fingerprint
+across processes, runs and machines sharing a server, marked ready only when
+complete, and reused while its inputs are unchanged.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import hashlib
+import inspect
+import json
+import os
+import socket
+import time
+from collections.abc import Callable, Iterator, Sequence
+from contextlib import contextmanager
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Union
+
+from filelock import FileLock, Timeout
+
+from . import __version__
+from .backends import Backend, Marker
+from .errors import ConfigError, LockTimeoutError
+from .markers import build_id, create_marked, new_marker, ready
+from .naming import template_name
+from .site import Site
+
+__all__ = [
+    "PopulateSpec",
+    "Populator",
+    "Template",
+    "callable_populator",
+    "ensure_template",
+    "fingerprint",
+    "populators_for",
+    "schema_populator",
+    "tune_build_session",
+]
+
+
+@dataclass(frozen=True)
+class Populator:
+    """One way of filling the template: ``key`` enters the fingerprint, ``apply(backend,
+    connection, template_name)`` does the work on a DB-API connection to the template."""
+
+    label: str
+    key: str
+    apply: Callable[[Backend, Any, str], None]
+
+
+#: What the public API's ``populate`` accepts: an SQL file, a callable taking a DB-API
+#: connection, or a list of those.
+PopulateSpec = Union[str, "os.PathLike[str]", Callable[[Any], Any], Sequence[Any], None]
+
+
+def schema_populator(path: Path) -> Populator:
+    """Apply the SQL file ``path`` (its content is part of the fingerprint)."""
+    data = path.read_bytes()
+    digest = hashlib.sha256(data).hexdigest()
+
+    def apply(backend: Backend, connection: Any, template: str) -> None:
+        backend.run_script(connection, data.decode("utf-8"), str(path))
+
+    return Populator(label=str(path), key=f"schema:{path.name}:{digest}", apply=apply)
+
+
+def callable_populator(
+    label: str,
+    func: Callable[..., Any],
+    call: Callable[[Any], None] | None = None,
+    extra_key: str = "",
+    also: Sequence[Callable[..., Any]] = (),
+) -> Populator:
+    """Run ``call`` (default: ``func``) on a DB-API connection and commit; the source of
+    ``func`` and of the functions in ``also`` (and ``extra_key``) is part of the fingerprint."""
+    source = "".join(_source(f) for f in (func, *also))
+    key = f"callable:{label}:{hashlib.sha256((source + extra_key).encode()).hexdigest()}"
+
+    def apply(backend: Backend, connection: Any, template: str) -> None:
+        (call or func)(connection)
+        connection.commit()
+
+    return Populator(label=label, key=key, apply=apply)
+
+
+def populators_for(populate: PopulateSpec, base: Path | None = None) -> list[Populator]:
+    """The populators of the public API's ``populate`` argument (relative paths against
+    ``base``, default the working directory).  Raises ConfigError for a missing file or a
+    value of another type."""
+    if populate is None:
+        return []
+    items = list(populate) if isinstance(populate, (list, tuple)) else [populate]
+    out = []
+    for item in items:
+        if isinstance(item, (str, os.PathLike)):
+            path = Path(item)
+            path = path if path.is_absolute() else (base or Path.cwd()) / path
+            if not path.is_file():
+                raise ConfigError(f"schema file {str(path)!r} does not exist; pass an existing SQL file as populate")
+            out.append(schema_populator(path))
+        elif callable(item):
+            label = getattr(item, "__qualname__", type(item).__name__)
+            out.append(callable_populator(f"populate {label}", item))
+        else:
+            raise ConfigError(
+                f"populate takes an SQL file path, a callable taking a DB-API connection, or a list of those; "
+                f"not {type(item).__name__}"
+            )
+    return out
+
+
+def fingerprint(backend: Backend, populators: Sequence[Populator], extra: Sequence[str] = ()) -> str:
+    """Hash of everything that shapes a template: plugin and server version, backend, the
+    populators' keys (file contents, function sources) and ``extra`` keys."""
+    data = {
+        "plugin": __version__,
+        "backend": backend.name,
+        "server": backend.server_version(),
+        "populators": [p.key for p in populators],
+        "extra": list(extra),
+    }
+    return hashlib.sha256(json.dumps(data, sort_keys=True).encode()).hexdigest()
+
+
+@dataclass(frozen=True)
+class Template:
+    """A ready template, as :func:`pytest_concurrent_db.build_template` returns it.
+
+    ``url`` is the template database's URL (with its password; ``repr`` hides it).
+    ``built`` says whether this call built it (False: an up-to-date one was reused);
+    ``build_id`` tells two builds under the same name apart.
+    """
+
+    name: str
+    fingerprint: str
+    build_id: str
+    site: Site = field(repr=False)
+    built: bool = False
+    build_seconds: float = 0.0
+    lock_wait_seconds: float = 0.0
+    #: what built it: a clone that finds it pruned by another run rebuilds it from these
+    populators: tuple[Populator, ...] = field(default=(), repr=False, compare=False)
+    extra: tuple[str, ...] = field(default=(), repr=False, compare=False)
+
+    @property
+    def backend(self) -> str:
+        """``"sqlite"``, ``"postgresql"`` or ``"mysql"``."""
+        return self.site.url.backend
+
+    @property
+    def url(self) -> str:
+        """The template database's URL (with password; do not print it)."""
+        if self.backend == "sqlite":
+            return f"sqlite:///{self.site.directories.templates / (self.name + '.db')}"
+        return self.site.url.with_database(self.name).render(hide_password=False)
+
+
+def ensure_template(
+    backend: Backend,
+    site: Site,
+    populators: Sequence[Populator],
+    *,
+    run_id: str,
+    worker_id: str,
+    extra: Sequence[str] = (),
+    rebuild: bool = False,
+    on_built: Callable[[Template], None] | None = None,
+) -> Template:
+    """A ready template for these inputs on ``backend``, built under the locks if needed.
+
+    ``rebuild`` builds once more unless this run (``run_id``) built it already: a template
+    built by this run is always reused.  ``on_built`` runs after a build, still under
+    the lock (the caller prunes out-of-date templates there).
+    """
+    print_ = fingerprint(backend, populators, extra)
+    name = template_name(site.base, print_)
+    found = _usable(backend.get_marker(name), print_, rebuild, run_id)
+    if found is not None:
+        return Template(name, print_, found, site, populators=tuple(populators), extra=tuple(extra))
+    started = time.perf_counter()
+    with template_lock(backend, site, name, run_id, worker_id):
+        waited = time.perf_counter() - started
+        found = _usable(backend.get_marker(name), print_, rebuild, run_id)
+        if found is not None:
+            return Template(
+                name, print_, found, site, lock_wait_seconds=waited, populators=tuple(populators), extra=tuple(extra)
+            )
+        begun = time.perf_counter()
+        build = _build(backend, site, name, print_, populators, run_id=run_id, worker_id=worker_id)
+        template = Template(
+            name,
+            print_,
+            build,
+            site,
+            built=True,
+            build_seconds=time.perf_counter() - begun,
+            lock_wait_seconds=waited,
+            populators=tuple(populators),
+            extra=tuple(extra),
+        )
+        if on_built is not None:
+            on_built(template)
+    return template
+
+
+def _usable(marker: Marker | None, print_: str, rebuild: bool, run_id: str) -> str | None:
+    """The build id of a ready template with this fingerprint, or None."""
+    if marker is None or marker.kind != "template" or marker.state != "ready" or marker.fingerprint != print_:
+        return None
+    if rebuild and marker.run_id != run_id:
+        return None
+    return build_id(marker)
+
+
+def _build(
+    backend: Backend,
+    site: Site,
+    name: str,
+    print_: str,
+    populators: Sequence[Populator],
+    *,
+    run_id: str,
+    worker_id: str,
+) -> str:
+    """Build template ``name``; returns its build id."""
+    if backend.exists(name):  # stale, unfinished or forced rebuild
+        backend.drop(name)
+    marker = new_marker("template", run_id, worker_id, name, fingerprint=print_, state="building")
+    create_marked(site, backend, name, marker, lambda: backend.create(name, marker))
+    try:
+        connection = backend.connect(name)
+        try:
+            tune_build_session(backend, connection)
+            for populator in populators:
+                populator.apply(backend, connection, name)
+            connection.commit()
+        finally:
+            connection.close()
+        done = ready(marker)
+        backend.set_marker(name, done)
+    except BaseException:
+        with contextlib.suppress(Exception):  # the original error matters more; leftovers are reaped
+            backend.drop(name)
+        raise
+    return build_id(done)
+
+
+def tune_build_session(backend: Backend, connection: Any) -> None:
+    """Apply the backend's ``build_statements()`` (faster, crash-safe settings for the one
+    session that builds a template) on ``connection`` (DB-API or Django)."""
+    statements = backend.build_statements()
+    if not statements:
+        return
+    cursor = connection.cursor()
+    try:
+        for statement in statements:
+            cursor.execute(statement)
+    finally:
+        cursor.close()
+
+
+@contextmanager
+def template_lock(backend: Backend, site: Site, name: str, run_id: str, worker_id: str) -> Iterator[None]:
+    """The lock of template ``name``: the machine-wide file lock (waiting there costs the
+    server nothing), then the server-side lock (for other machines).  SQLite's server
+    lock is itself a file lock beside its templates: one is enough."""
+    timeout = site.lock_timeout
+    started = time.monotonic()
+    with contextlib.ExitStack() as stack:
+        if backend.name != "sqlite":
+            stack.enter_context(_file_lock(site, name, run_id, worker_id))
+        remaining = max(timeout - (time.monotonic() - started), 0.1)
+        key = f"template:{name}"
+        try:
+            backend.acquire_lock(key, remaining)
+        except LockTimeoutError as exc:
+            raise LockTimeoutError(f"the template lock of {name} ({exc.lock})", timeout, exc.holder) from None
+        try:
+            yield
+        finally:
+            backend.release_lock(key)
+
+
+@contextmanager
+def _file_lock(site: Site, name: str, run_id: str, worker_id: str) -> Iterator[None]:
+    site.directories.locks.mkdir(parents=True, exist_ok=True)
+    path = site.directories.locks / f"{name}.lock"
+    lock = FileLock(path, timeout=site.lock_timeout)
+    try:
+        lock.acquire()
+    except Timeout:
+        raise LockTimeoutError(f"the template lock {path}", site.lock_timeout, _holder(path)) from None
+    try:
+        with contextlib.suppress(OSError):
+            path.with_suffix(".holder").write_text(
+                f"pid {os.getpid()} on {socket.gethostname()} (run {run_id}, worker {worker_id})", encoding="utf-8"
+            )
+        yield
+    finally:
+        lock.release()
+
+
+def _holder(path: Path) -> str:
+    try:
+        return path.with_suffix(".holder").read_text(encoding="utf-8").strip()
+    except OSError:
+        return "an unknown process"
+
+
+def _source(func: Callable[..., Any]) -> str:
+    try:
+        return inspect.getsource(func)
+    except (OSError, TypeError):
+        return str(getattr(func, "__qualname__", repr(func)))

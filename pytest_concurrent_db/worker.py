@@ -1,0 +1,156 @@
+"""The databases of one process (an xdist worker, the controller, or a plain run) for one
+site: its control connection, its template, its clone, its spares, and its stats.
+
+A small coordinator over the lifecycle modules (:mod:`.template`, :mod:`.clones`,
+:mod:`.spares`, :mod:`.janitor`): it holds what one process must keep between
+setup and teardown (the backend whose session holds the clone's lock, the spare
+thread) and records what happened in a :class:`~.report.Stats`.  The pytest plugin
+and the Django integration use one per database; the public API
+(:mod:`.api`) uses the same lifecycle functions directly.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import time
+from collections.abc import Sequence
+
+from .backends import Backend
+from .clones import ConcurrentDatabase, drop_clone, handle, keep_clone, make_clone
+from .janitor import Janitor
+from .report import Stats, WorkerReport
+from .site import Site
+from .spares import SpareMaker, claim_spare, spares_pay_off, wanted_spares
+from .template import Populator, Template, ensure_template
+
+__all__ = ["WorkerDatabases"]
+
+
+class WorkerDatabases:
+    """Template, clone and spares of one process on one :class:`~.site.Site`."""
+
+    def __init__(self, site: Site, *, run_id: str, worker_id: str, spares: int | str = 0) -> None:
+        self.site = site
+        self.run_id = run_id
+        self.worker_id = worker_id
+        self.spares = spares
+        self.backend: Backend = site.open_backend(run_id, worker_id)
+        self.janitor = Janitor(self.backend, site, run_id)
+        self.stats = Stats(backend=site.url.backend, url=site.label)
+        self.template: Template | None = None
+        self.database: ConcurrentDatabase | None = None
+        self._spares: SpareMaker | None = None
+
+    def preflight(self) -> None:
+        """Connect, check privileges, and reap what dead runs left behind."""
+        self.backend.preflight()
+        self.stats.reaped.extend(self.janitor.reap_dead())
+
+    def ensure_template(
+        self, populators: Sequence[Populator], *, extra: Sequence[str] = (), rebuild: bool = False
+    ) -> Template:
+        """The ready template for these inputs (built once per run at most)."""
+        self.template = ensure_template(
+            self.backend,
+            self.site,
+            populators,
+            run_id=self.run_id,
+            worker_id=self.worker_id,
+            extra=extra,
+            rebuild=rebuild,
+            on_built=self._after_build,
+        )
+        self.stats.template = self.template.name
+        self.stats.lock_wait_seconds = self.template.lock_wait_seconds
+        if self.template.built:
+            self.stats.template_built = True
+            self.stats.template_seconds = self.template.build_seconds
+        return self.template
+
+    def _after_build(self, template: Template) -> None:
+        pruned = self.janitor.prune(current_template=template.name)
+        self.stats.pruned.extend(e.name for e in pruned)
+
+    def _rebuild(self) -> Template:
+        assert self.template is not None
+        return self.ensure_template(self.template.populators, extra=self.template.extra)
+
+    def create_clone(self, template: Template | None = None, *, refill: bool = True) -> ConcurrentDatabase:
+        """This process's clone of the template: a spare made for this worker id by an
+        earlier run if one is ready, else a new copy.  With spares on (and ``refill``),
+        a spare for the next run is then made in the background."""
+        template = template or self.template
+        if template is None:
+            raise ValueError("create_clone() needs a template: call ensure_template() first")
+        count = wanted_spares(self.spares, self.backend.name)
+        started = time.perf_counter()
+        name = claim_spare(self.backend, template, run_id=self.run_id, worker_id=self.worker_id) if count else None
+        self.stats.spare_claimed = name is not None
+        if name is None:
+            name, template = make_clone(
+                self.backend, template, run_id=self.run_id, worker_id=self.worker_id, rebuild=self._rebuild
+            )
+        self.template = template
+        self.stats.clone = name
+        self.stats.clone_seconds = time.perf_counter() - started
+        self.stats.method = "spare made by an earlier run" if self.stats.spare_claimed else self.backend.clone_method()
+        self.database = handle(self.backend, template, name, self.run_id, self.worker_id)
+        pays = spares_pay_off(
+            self.spares, self.backend.name, claimed=self.stats.spare_claimed, clone_seconds=self.stats.clone_seconds
+        )
+        if refill and count and pays and self._spares is None:
+            self._spares = SpareMaker(template, self.run_id, self.worker_id, count)
+            self._spares.start()
+        return self.database
+
+    def make_spares(self) -> int:
+        """Make this worker id's spares of the current template now, in this thread."""
+        assert self.template is not None
+        count = wanted_spares(self.spares, self.backend.name)
+        maker = self._spares or SpareMaker(self.template, self.run_id, self.worker_id, count)
+        self._spares = maker
+        return maker.make()
+
+    def wait_for_spares(self) -> None:
+        """Wait until the spares of this process are made (they are left for the next run)."""
+        if self._spares is not None:
+            self._spares.wait()
+            self.stats.spares_made = self._spares.made
+            self.stats.spare_seconds = self._spares.seconds
+            self.stats.spare_wait_seconds = self._spares.wait_seconds
+            self.stats.spare_error = self._spares.error
+
+    def keep_clone(self) -> None:
+        """Mark this process's clone as kept (``--concurrent-db-keep``)."""
+        if self.database is not None:
+            name, self.database = self.database.name, None
+            try:
+                keep_clone(self.backend, name)
+            finally:
+                self.wait_for_spares()
+
+    def drop_clone(self) -> None:
+        """Drop this process's clone and release its lock."""
+        if self.database is None:
+            return
+        name, self.database = self.database.name, None
+        started = time.perf_counter()
+        try:
+            drop_clone(self.backend, name)
+            self.stats.dropped.append(name)
+        finally:
+            self.stats.drop_seconds = time.perf_counter() - started
+            self.wait_for_spares()
+
+    def sweep_run(self) -> list[str]:
+        """Drop the clones of this run's crashed workers (the controller, at the end)."""
+        own = self.database.name if self.database is not None else None
+        return self.janitor.sweep_run(own)
+
+    def report(self) -> WorkerReport:
+        return self.stats.freeze(self.worker_id)
+
+    def close(self) -> None:
+        self.wait_for_spares()
+        with contextlib.suppress(Exception) if self.database is None else contextlib.nullcontext():
+            self.backend.close()
