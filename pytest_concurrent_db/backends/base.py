@@ -274,11 +274,12 @@ def retake_locks(
         raise
 
 
-def clean_up_after(error: BaseException, cleanup: Callable[[], object], what: str) -> bool:
-    """Run ``cleanup``, made necessary by ``error`` (e.g. drop a half-made clone); True if it worked.
+def clean_up_after(error: BaseException, cleanup: Callable[[], object], what: str) -> Exception | None:
+    """Run ``cleanup``, made necessary by ``error`` (e.g. drop a half-made clone); the cleanup's
+    exception if it failed, else None.
 
-    The caller goes on raising ``error``: a failing cleanup never replaces it.  The cleanup's
-    exception is recorded on ``error`` as a note (``what: reason``, Python 3.11+) instead.
+    The caller goes on raising ``error``: a failing cleanup never replaces it.  Its exception
+    is recorded on ``error`` as a note instead (``what: reason``; Python 3.11+).
     """
     try:
         cleanup()
@@ -287,8 +288,8 @@ def clean_up_after(error: BaseException, cleanup: Callable[[], object], what: st
         if add_note is not None:
             reason = " ".join(str(failure).split()) or type(failure).__name__
             add_note(f"{PREFIX}{what}: {reason}")
-        return False
-    return True
+        return failure
+    return None
 
 
 class ControlConnection(Generic[Conn]):

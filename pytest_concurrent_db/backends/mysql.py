@@ -417,7 +417,7 @@ class MySQLBackend(ControlConnection[Any]):
         try:
             self._replay(recipe, name)
         except BaseException as exc:
-            clean_up_after(exc, lambda: self._remove(name, marker), f"the half-made clone {name!r} could not be removed")
+            clean_up_after(exc, lambda: self._remove(name, marker), f"the half-made clone {name!r} stays")
             raise
 
     def clone_method(self) -> str:

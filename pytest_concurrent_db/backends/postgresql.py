@@ -297,15 +297,16 @@ class PostgreSQLBackend(ControlConnection[psycopg.Connection[Any]]):
             for step in steps:
                 self._exec(step)
         except BaseException as exc:
-            dropped = clean_up_after(exc, lambda: self._force_drop(name), f"the new database {name!r} stays")
+            failed = clean_up_after(exc, lambda: self._force_drop(name), f"the new database {name!r} stays")
             if not isinstance(exc, psycopg.Error):
                 raise
             error = PrivilegeError if isinstance(exc, errors.InsufficientPrivilege) else ConcurrentDBError
-            outcome = "the new database was dropped" if dropped else f"the new database {name!r} could not be dropped"
-            failure = error(f"cannot {what}: {_reason(exc)}; {outcome}")
-            for note in getattr(exc, "__notes__", ()):
-                failure.add_note(note)  # only set on Python 3.11+, which has add_note
-            raise failure from exc
+            outcome = (
+                "the new database was dropped"
+                if failed is None
+                else f"dropping the new database {name!r} failed too: {_reason(failed)}"
+            )
+            raise error(f"cannot {what}: {_reason(exc)}; {outcome}") from exc
 
     def create(self, name: str, marker: Marker) -> None:
         """Create ``name`` from the default template (template0 when our own control

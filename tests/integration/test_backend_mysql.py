@@ -440,6 +440,57 @@ def test_a_table_that_fails_on_any_connection_leaves_nothing(
         other.close()
 
 
+@contextlib.contextmanager
+def _registry_row_kept(url: DatabaseURL, name: str) -> Iterator[None]:
+    """While inside, the server refuses to delete the registry row of ``name`` (a trigger that
+    signals an error): every cleanup that removes it fails."""
+    trigger = quote_ident(REGISTRY) + "." + quote_ident(f"refuse_{name}")
+    admin = connect_url(url.with_database(""), autocommit=True)
+    try:
+        _query(
+            admin,
+            "CREATE TRIGGER " + trigger + " BEFORE DELETE ON " + quote_ident(REGISTRY) + ".`databases` FOR EACH ROW"
+            " IF OLD.name = %s THEN SIGNAL SQLSTATE '45000' SET MESSAGE_TEXT = 'registry row pinned by the test';"
+            " END IF",
+            (name,),
+        )
+        try:
+            yield
+        finally:
+            _query(admin, "DROP TRIGGER IF EXISTS " + trigger)
+    finally:
+        admin.close()
+
+
+@pytest.mark.parametrize("how", ["create", "clone"])
+def test_a_failing_cleanup_never_hides_why_the_database_was_not_made(
+    backend: MySQLBackend, made: Made, mysql_url: DatabaseURL, how: str
+) -> None:
+    """CREATE DATABASE fails (a database of that name exists, not ours), and removing the
+    registry row claimed for it fails too: the caller sees the CREATE DATABASE error, with the
+    cleanup's failure as a note."""
+    tpl = made.name()
+    if how == "clone":
+        _build_template(backend, tpl, "CREATE TABLE a (id INT PRIMARY KEY);\n", "pinned")
+    name = made.name()
+    admin = connect_url(mysql_url.with_database(""), autocommit=True)
+    try:
+        _query(admin, "CREATE DATABASE " + quote_ident(name))  # someone else's, with no registry row
+    finally:
+        admin.close()
+    assert backend.try_lock("clone:" + name)
+    marker = _marker("clone", "pinned", template=tpl)
+    make = {"create": lambda: backend.create(name, marker), "clone": lambda: backend.clone(tpl, name, marker)}[how]
+    with _registry_row_kept(mysql_url, name), pytest.raises(pymysql.err.MySQLError) as info:
+        make()
+    assert info.value.args[0] == 1007, info.value  # ER_DB_CREATE_EXISTS, not the trigger's error
+    notes = getattr(info.value, "__notes__", [])
+    assert sys.version_info < (3, 11) or any(
+        f"registry row of {name!r}" in note and "pinned by the test" in note for note in notes
+    ), notes
+    assert backend.exists(name)  # not ours: untouched
+
+
 def test_create_twice_keeps_the_first(backend: MySQLBackend, made: Made) -> None:
     name = made.name()
     assert backend.try_lock("clone:" + name)

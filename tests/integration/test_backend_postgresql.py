@@ -11,6 +11,7 @@ from __future__ import annotations
 import pickle
 import secrets
 import socket
+import sys
 import threading
 import time
 from collections.abc import Callable, Iterator
@@ -360,6 +361,70 @@ def test_clone_cleans_up_when_settings_cannot_be_copied(
             creator.clone(tpl, name, _marker())
         assert not creator.exists(name)
     finally:
+        creator.close()
+
+
+def test_a_failing_drop_never_hides_why_the_clone_failed(
+    postgresql_url: DatabaseURL,
+    names: Names,
+    admin: psycopg.Connection[Any],
+    make_role: Callable[..., DatabaseURL],
+) -> None:
+    """Copying a setting fails, and dropping the half-made clone fails too (a superuser session
+    sits on it, which a CREATEDB role may not end): the error is still the setting's, and it
+    says the database stays instead of claiming it was dropped."""
+    tpl = names("_tpl")
+    owner = PostgreSQLBackend(postgresql_url)
+    try:
+        owner.create(tpl, _marker("template", "building"))
+        admin.execute(sql.SQL("ALTER DATABASE {} SET log_statement = 'all'").format(sql.Identifier(tpl)))
+        owner.set_marker(tpl, _marker("template", "ready"))
+    finally:
+        owner.close()
+    creator = PostgreSQLBackend(make_role(f"cdb_t_creator_{secrets.token_hex(3)}", "CREATEDB"))
+    name = names()
+    outcome: list[BaseException] = []
+
+    def clone() -> None:
+        try:
+            creator.clone(tpl, name, _marker())
+        except BaseException as exc:  # handed to the test
+            outcome.append(exc)
+
+    gate: psycopg.Connection[Any] = connect_url(postgresql_url.with_database("postgres"))
+    intruder: psycopg.Connection[Any] | None = None
+    worker = threading.Thread(target=clone)
+    try:
+        # COMMENT ON DATABASE waits while we hold pg_shdescription: the clone exists by then
+        gate.execute("LOCK TABLE pg_shdescription IN EXCLUSIVE MODE")
+        worker.start()
+        deadline = time.monotonic() + 30
+        while not admin.execute("SELECT 1 FROM pg_database WHERE datname = %s", (name,)).fetchone():
+            assert worker.is_alive(), outcome
+            assert time.monotonic() < deadline, "the clone was never created"
+            time.sleep(0.02)
+        intruder = connect_url(postgresql_url.with_database(name), autocommit=True)
+        gate.commit()
+        worker.join(60)
+        assert not worker.is_alive()
+        assert len(outcome) == 1
+        error = outcome[0]
+        assert isinstance(error, PrivilegeError), repr(error)
+        message = str(error)
+        assert "log_statement" in message
+        assert "was dropped" not in message
+        assert f"dropping the new database {name!r} failed too: " in message
+        assert "\n" not in message
+        cause = error.__cause__
+        assert isinstance(cause, psycopg.errors.InsufficientPrivilege)
+        assert sys.version_info < (3, 11) or any(f"{name!r} stays" in n for n in getattr(cause, "__notes__", []))
+        assert creator.exists(name)
+    finally:
+        gate.close()
+        if intruder is not None:
+            intruder.close()
+        if worker.ident is not None:
+            worker.join(60)
         creator.close()
 
 
