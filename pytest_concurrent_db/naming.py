@@ -17,6 +17,7 @@ __all__ = [
     "MAX_NAME_LENGTH",
     "PREFIX",
     "clone_name",
+    "fit",
     "lock_key",
     "new_run_id",
     "sanitize",
@@ -27,7 +28,6 @@ __all__ = [
 PREFIX = "cdb_"
 MAX_NAME_LENGTH = 63
 _BASE_MAX = 24
-_SAFE = re.compile(r"[a-z0-9_]+")
 
 
 def _digest(text: str, length: int) -> str:
@@ -75,8 +75,3 @@ def lock_key(name: str) -> int:
     """A signed 64-bit key for server-side advisory locks derived from ``name``."""
     raw = int.from_bytes(hashlib.blake2b(f"pytest-concurrent-db:{name}".encode(), digest_size=8).digest(), "big")
     return raw - (1 << 64) if raw >= (1 << 63) else raw
-
-
-def is_generated(name: str) -> bool:
-    """True if ``name`` has the shape of a name this module generates."""
-    return name.startswith(PREFIX) and _SAFE.fullmatch(name) is not None and len(name) <= MAX_NAME_LENGTH

@@ -165,7 +165,7 @@ def test_isolation_check_catches_a_tampered_clone(project: Project) -> None:
             backend = concurrent_db.backend
             if backend == "sqlite":  # the marker file in the clone registry
                 from pytest_concurrent_db.state import get_state
-                registry = get_state(request.config).engine.backend.template_dir / "clones"
+                registry = get_state(request.config).get_databases().site.directories.templates / "clones"
                 entry = registry / f"{concurrent_db.name}.json"
                 entry.write_text(json.dumps({**json.loads(entry.read_text()), "marker": fake}))
             elif backend == "postgresql":

@@ -13,7 +13,6 @@ from pytest_concurrent_db.naming import (
     PREFIX,
     clone_name,
     fit,
-    is_generated,
     lock_key,
     new_run_id,
     sanitize,
@@ -94,7 +93,6 @@ def check_generated(name: str) -> None:
     assert name.startswith(PREFIX)
     assert len(name) <= MAX_NAME_LENGTH == 63
     assert len(name.encode("utf-8")) <= 63
-    assert is_generated(name)
 
 
 # -- shape ---------------------------------------------------------------------------------------------------
@@ -208,17 +206,6 @@ def test_workers_and_fingerprints_give_distinct_names() -> None:
     assert len(names) == 65
     templates = {template_name("app", f"{i:012x}" + "f" * 52) for i in range(64)}
     assert len(templates) == 64
-
-
-# -- is_generated --------------------------------------------------------------------------------------------
-
-
-@pytest.mark.parametrize(
-    "name",
-    ["postgres", "template1", "app", "CDB_app", "cdb_App", "cdb_app-1", "xcdb_app", "cdb_app\n", "cdb_" + "a" * 60],
-)
-def test_is_generated_rejects_other_names(name: str) -> None:
-    assert not is_generated(name)
 
 
 # -- run ids and lock keys -----------------------------------------------------------------------------------
