@@ -242,3 +242,22 @@ def test_template_dropped_before_the_clone_is_rebuilt(backend_url, tmp_path) -> 
         if engine.template and engine.backend.exists(engine.template.name):
             engine.backend.drop(engine.template.name)
         engine.close()
+
+
+def test_report_header_without_django_settings_names_the_sqlite_default(
+    pytester: pytest.Pytester, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """pytest-django is installed but the project has no Django settings: the run uses the
+    SQLite default, and the header says so, with every tunable and its source."""
+    monkeypatch.delenv("DJANGO_SETTINGS_MODULE", raising=False)
+    pytester.makepyfile("def test_a(concurrent_db):\n    assert concurrent_db.backend == 'sqlite'\n")
+    result = pytester.runpytest_subprocess("--concurrent-db", "--concurrent-db-spares", "0", "-p", "no:randomly")
+    result.assert_outcomes(passed=1)
+    result.stdout.fnmatch_lines(
+        [
+            "concurrent-db: backend=sqlite run=* url=sqlite (default*) [[]default[]], "
+            "isolation=default [[]default[]], lock-timeout=300s [[]default[]], "
+            "spares=0 [[]--concurrent-db-spares[]], clone-strategy=auto [[]default[]], keep-templates=2 [[]default[]]"
+        ]
+    )
+    assert "from Django" not in result.stdout.str()
