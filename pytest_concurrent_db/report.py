@@ -1,7 +1,7 @@
 """What one process did, as a typed report: collected while it works, frozen when it ends.
 
-A worker fills a :class:`Stats` while it builds, clones, checks and drops; at the end of
-its session it sends :meth:`WorkerReport.to_wire` (plain builtins, which is all xdist's
+A worker fills its :class:`WorkerReport` while it builds, clones, checks and drops; at the
+end of its session it sends :meth:`WorkerReport.to_wire` (plain builtins, which is all xdist's
 ``workeroutput`` carries) to the controller, which reads it back with
 :meth:`WorkerReport.from_wire` and renders the terminal summary (:mod:`.summary`) from
 typed fields, never from string keys.
@@ -13,15 +13,16 @@ import dataclasses
 from dataclasses import dataclass, field
 from typing import Any
 
-__all__ = ["Stats", "WorkerReport"]
+__all__ = ["WorkerReport"]
 
 
-@dataclass(frozen=True)
+@dataclass
 class WorkerReport:
-    """One template's databases in one process (an xdist worker, or a plain run)."""
+    """One template's databases in one process (an xdist worker, or a plain run), filled
+    while the process works and read by the summary once it is done."""
 
-    worker_id: str
-    template: str
+    worker_id: str = ""
+    template: str = ""
     backend: str = ""
     #: the server URL without password, or a description of the SQLite default
     url: str = ""
@@ -44,25 +45,20 @@ class WorkerReport:
     failures: int = 0
     check_seconds: float = 0.0
     drop_seconds: float = 0.0
-    dropped: tuple[str, ...] = ()
+    dropped: list[str] = field(default_factory=list)
     #: databases of dead runs this process dropped
-    reaped: tuple[str, ...] = ()
+    reaped: list[str] = field(default_factory=list)
     #: out-of-date templates this process dropped after building a new one
-    pruned: tuple[str, ...] = ()
+    pruned: list[str] = field(default_factory=list)
 
     def to_wire(self) -> dict[str, Any]:
         """Plain builtins, for xdist's ``workeroutput``."""
-        return {f.name: list(v) if isinstance(v := getattr(self, f.name), tuple) else v for f in _FIELDS}
+        return {f.name: list(v) if isinstance(v := getattr(self, f.name), list) else v for f in _FIELDS}
 
     @classmethod
     def from_wire(cls, data: dict[str, Any]) -> WorkerReport:
         """The report :meth:`to_wire` sent; unknown keys (another version's) are ignored."""
-        values: dict[str, Any] = {}
-        for f in _FIELDS:
-            if f.name in data:
-                value = data[f.name]
-                values[f.name] = tuple(value) if isinstance(value, list) else value
-        return cls(**values)
+        return cls(**{f.name: data[f.name] for f in _FIELDS if f.name in data})
 
     @property
     def teardown_seconds(self) -> float:
@@ -70,37 +66,3 @@ class WorkerReport:
 
 
 _FIELDS = dataclasses.fields(WorkerReport)
-
-
-@dataclass
-class Stats:
-    """The mutable counters behind a :class:`WorkerReport`, filled while the process works."""
-
-    backend: str = ""
-    url: str = ""
-    template: str = ""
-    template_built: bool = False
-    template_seconds: float = 0.0
-    lock_wait_seconds: float = 0.0
-    clone: str = ""
-    clone_seconds: float = 0.0
-    method: str = ""
-    spare_claimed: bool = False
-    spares_made: int = 0
-    spare_seconds: float = 0.0
-    spare_wait_seconds: float = 0.0
-    spare_error: str = ""
-    checks: int = 0
-    warnings: int = 0
-    failures: int = 0
-    check_seconds: float = 0.0
-    drop_seconds: float = 0.0
-    dropped: list[str] = field(default_factory=list)
-    reaped: list[str] = field(default_factory=list)
-    pruned: list[str] = field(default_factory=list)
-
-    def freeze(self, worker_id: str) -> WorkerReport:
-        values: dict[str, Any] = {
-            f.name: tuple(v) if isinstance(v := getattr(self, f.name), list) else v for f in dataclasses.fields(self)
-        }
-        return WorkerReport(worker_id=worker_id, **values)

@@ -4,7 +4,7 @@ site: its control connection, its template, its clone, its spares, and its stats
 A small coordinator over the lifecycle modules (:mod:`.template`, :mod:`.clones`,
 :mod:`.spares`, :mod:`.janitor`): it holds what one process must keep between
 setup and teardown (the backend whose session holds the clone's lock, the spare
-thread) and records what happened in a :class:`~.report.Stats`.  The pytest plugin
+thread) and records what happened in a :class:`~.report.WorkerReport`.  The pytest plugin
 and the Django integration use one per database; the public API
 (:mod:`.api`) uses the same lifecycle functions directly.
 """
@@ -18,7 +18,7 @@ from collections.abc import Sequence
 from .backends import Backend
 from .clones import ConcurrentDatabase, drop_clone, handle, keep_clone, make_clone
 from .janitor import Janitor
-from .report import Stats, WorkerReport
+from .report import WorkerReport
 from .site import Site
 from .spares import SpareMaker, claim_spare, spares_pay_off, wanted_spares
 from .template import Populator, Template, ensure_template
@@ -36,7 +36,7 @@ class WorkerDatabases:
         self.spares = spares
         self.backend: Backend = site.open_backend(run_id, worker_id)
         self.janitor = Janitor(self.backend, site, run_id)
-        self.stats = Stats(backend=site.url.backend, url=site.label)
+        self.stats = WorkerReport(worker_id=worker_id, backend=site.url.backend, url=site.label)
         self.template: Template | None = None
         self.database: ConcurrentDatabase | None = None
         self._spares: SpareMaker | None = None
@@ -148,7 +148,7 @@ class WorkerDatabases:
         return self.janitor.sweep_run(own)
 
     def report(self) -> WorkerReport:
-        return self.stats.freeze(self.worker_id)
+        return self.stats
 
     def close(self) -> None:
         self.wait_for_spares()

@@ -7,7 +7,7 @@ from typing import Any
 
 import pytest
 
-from pytest_concurrent_db.report import Stats, WorkerReport
+from pytest_concurrent_db.report import WorkerReport
 from pytest_concurrent_db.summary import write_summary
 
 TEMPLATE = "cdb_tpl_0123abcd"
@@ -45,7 +45,7 @@ def worker(worker_id: str, **fields: Any) -> WorkerReport:
         "clone": f"cdb_{worker_id}",
         "clone_seconds": 0.010,
         "method": METHOD,
-        "dropped": (f"cdb_{worker_id}",),
+        "dropped": [f"cdb_{worker_id}"],
     }
     return WorkerReport(worker_id=worker_id, **{**defaults, **fields})
 
@@ -98,7 +98,7 @@ def test_template_reused_from_an_earlier_run() -> None:
 
 
 def test_setup_failed_before_any_clone() -> None:
-    terminal = summarize([worker("gw0", clone="", method="", clone_seconds=0.0, dropped=())], isolation="strict")
+    terminal = summarize([worker("gw0", clone="", method="", clone_seconds=0.0, dropped=[])], isolation="strict")
     assert terminal.texts == [
         "run: 1f2e3d4c",
         f"backend: postgresql  url: {URL}",
@@ -172,7 +172,7 @@ def test_teardown_line_names_the_slowest_worker() -> None:
 
 
 def test_kept_databases() -> None:
-    terminal = summarize([worker("gw0", dropped=()), worker("gw1", dropped=())], keep=True)
+    terminal = summarize([worker("gw0", dropped=[]), worker("gw1", dropped=[])], keep=True)
     assert terminal.texts[-1] == "dropped: 0 databases (0 left by crashed workers) (kept: --concurrent-db-keep)"
 
 
@@ -183,8 +183,8 @@ def test_swept_databases_are_counted_with_the_dropped_ones() -> None:
 
 def test_reaped_and_pruned_follow_the_dropped_line() -> None:
     reports = [
-        worker("gw0", reaped=("cdb_dead1_gw0", "cdb_dead1_gw1"), pruned=("cdb_tpl_old1",)),
-        worker("gw1", reaped=("cdb_dead2_gw0",)),
+        worker("gw0", reaped=["cdb_dead1_gw0", "cdb_dead1_gw1"], pruned=["cdb_tpl_old1"]),
+        worker("gw1", reaped=["cdb_dead2_gw0"]),
     ]
     terminal = summarize(reports)
     assert terminal.texts[-3:] == [
@@ -208,7 +208,7 @@ def test_reaped_and_pruned_show_five_names_then_an_ellipsis() -> None:
 
 
 def test_a_name_reported_twice_is_counted_once() -> None:
-    terminal = summarize([worker("gw0", pruned=("cdb_tpl_old",)), worker("gw1", pruned=("cdb_tpl_old",))])
+    terminal = summarize([worker("gw0", pruned=["cdb_tpl_old"]), worker("gw1", pruned=["cdb_tpl_old"])])
     assert terminal.starting("pruned:") == ["pruned: 1 out-of-date templates (cdb_tpl_old)"]
 
 
@@ -258,8 +258,8 @@ def test_report_survives_the_wire() -> None:
         "gw3",
         template_built=True,
         spare_error="boom",
-        reaped=("cdb_dead_gw0",),
-        pruned=("cdb_tpl_old",),
+        reaped=["cdb_dead_gw0"],
+        pruned=["cdb_tpl_old"],
         check_seconds=0.25,
     )
     wire = report.to_wire()
@@ -272,9 +272,9 @@ def test_from_wire_ignores_keys_of_another_version() -> None:
     assert WorkerReport.from_wire({**report.to_wire(), "from_the_future": 1}) == report
 
 
-def test_frozen_stats_render_like_a_report() -> None:
-    stats = Stats(template=TEMPLATE, backend="postgresql", url=URL, clone="cdb_gw0", method=METHOD)
-    stats.dropped.append("cdb_gw0")
-    report = stats.freeze("gw0")
-    assert report == replace(worker("gw0", clone_seconds=0.0), dropped=("cdb_gw0",))
+def test_a_report_filled_while_working_renders() -> None:
+    report = WorkerReport(worker_id="gw0", template=TEMPLATE, backend="postgresql", url=URL, clone="cdb_gw0")
+    report.method = METHOD
+    report.dropped.append("cdb_gw0")
+    assert report == replace(worker("gw0", clone_seconds=0.0), dropped=["cdb_gw0"])
     assert summarize([report]).starting("clones") == [f"clones ({METHOD}): gw0 0.000s"]
