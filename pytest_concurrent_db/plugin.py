@@ -209,5 +209,6 @@ def pytest_terminal_summary(terminalreporter: Any, config: pytest.Config) -> Non
         swept=state.swept,
         keep=state.settings.keep,
         default_backend=state.settings.backend,
-        reaped=state.databases.stats.reaped if _runs_xdist(config) and state.databases is not None else (),
+        # what the controller reaped at the start (workers report their own)
+        reaped=[name for d in state.all_databases() for name in d.stats.reaped] if _runs_xdist(config) else (),
     )

@@ -11,7 +11,6 @@ and the Django integration use one per database; the public API
 
 from __future__ import annotations
 
-import contextlib
 import time
 from collections.abc import Sequence
 
@@ -151,6 +150,6 @@ class WorkerDatabases:
         return self.stats
 
     def close(self) -> None:
+        """Wait for the spares, then close the control connection (releasing its locks)."""
         self.wait_for_spares()
-        with contextlib.suppress(Exception) if self.database is None else contextlib.nullcontext():
-            self.backend.close()
+        self.backend.close()
