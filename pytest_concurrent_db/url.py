@@ -3,8 +3,13 @@
 Accepted forms::
 
     sqlite:///relative/file.db   sqlite:////absolute/file.db   sqlite:///:memory:
+    sqlite:///file:/absolute/file.db?mode=ro      (an SQLite URI, kept as it is)
     postgresql://user:password@host:port/dbname   (also postgres://, postgresql+psycopg://)
+    postgresql://user@/dbname?host=/var/run/postgresql   (a Unix socket directory)
     mysql://user:password@host:port/dbname        (also mariadb://, mysql+pymysql://)
+    mysql://user@/dbname?unix_socket=/run/mysqld/mysqld.sock
+
+A host missing from a server URL is ``127.0.0.1``, unless the query has one (``host=``).
 
 Passwords are never rendered unless explicitly asked for.
 """
@@ -37,7 +42,11 @@ _FIX = f"fix {names('url')}"
 
 @dataclass(frozen=True)
 class DatabaseURL:
-    """A parsed database URL; ``backend`` is one of ``sqlite``, ``postgresql``, ``mysql``."""
+    """A parsed database URL; ``backend`` is one of ``sqlite``, ``postgresql``, ``mysql``.
+
+    ``host`` is None when the URL names no host and its query does (``?host=/socket/dir``):
+    the driver then takes the query's.
+    """
 
     backend: str
     database: str
@@ -64,7 +73,7 @@ class DatabaseURL:
     def render(self, *, hide_password: bool = True) -> str:
         """The URL as text; the password is shown as ``***`` unless ``hide_password`` is false."""
         if self.backend == "sqlite":
-            return f"sqlite:///{self.database or ':memory:'}"
+            return f"sqlite:///{_sqlite_path(self.database) or ':memory:'}"
         auth = ""
         if self.username is not None:
             auth = quote(self.username, safe="")
@@ -101,8 +110,9 @@ def parse_url(text: str) -> DatabaseURL:
         path = text.split("://", 1)[1]
         if path.startswith("/"):
             path = path[1:]  # sqlite:///rel.db -> rel.db, sqlite:////abs.db -> /abs.db
-        if not path.startswith("file:"):  # a "file:...?mode=memory" URI keeps its query
-            path, _, _ = path.partition("?")
+        if path.startswith("file:"):  # an SQLite URI keeps its query and its %-escapes (SQLite decodes them)
+            return DatabaseURL(backend="sqlite", database=path)
+        path, _, _ = path.partition("?")
         return DatabaseURL(backend="sqlite", database=unquote(path))
     try:
         parts = urlsplit(text)
@@ -117,15 +127,25 @@ def parse_url(text: str) -> DatabaseURL:
         raise ConfigError(
             f"malformed database URL {_redact(text)!r}: the path must be a single database name; {_FIX}"
         )
+    query = tuple(parse_qsl(parts.query))
+    host = parts.hostname or (None if any(key == "host" for key, _ in query) else "127.0.0.1")
     return DatabaseURL(
         backend=backend,
         database=database,
         username=unquote(parts.username) if parts.username is not None else None,
         password=unquote(parts.password) if parts.password is not None else None,
-        host=parts.hostname or "127.0.0.1",
+        host=host,
         port=port or _DEFAULT_PORTS[backend],
-        query=tuple(parse_qsl(parts.query)),
+        query=query,
     )
+
+
+def _sqlite_path(database: str) -> str:
+    """``database`` as the path of an sqlite URL: the characters :func:`parse_url` would take
+    for a query or an escape are %-encoded; an SQLite URI (``file:...``) stays as it is."""
+    if database.startswith("file:"):
+        return database
+    return database.replace("%", "%25").replace("?", "%3F").replace("#", "%23")
 
 
 def _redact(text: str) -> str:

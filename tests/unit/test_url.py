@@ -70,6 +70,20 @@ def test_sqlite_render_roundtrips(text: str, rendered: str) -> None:
     assert parse_url(str(url)).database == url.database or url.is_memory
 
 
+@pytest.mark.parametrize("path", ["/tmp/what?/app.db", "/tmp/hash#tag/app.db", "/tmp/50%25 off/ü.db", "rel/a%b?c#d.db"])
+def test_sqlite_paths_with_url_characters_roundtrip(path: str) -> None:
+    """``?`` would start a query, ``%`` an escape and ``#`` a fragment: render encodes them."""
+    url = DatabaseURL(backend="sqlite", database=path)
+    assert parse_url(str(url)) == url
+    assert parse_url(url.render(hide_password=False)) == url
+
+
+def test_sqlite_uri_keeps_its_escapes_for_sqlite() -> None:
+    url = parse_url("sqlite:///file:/tmp/what%3F/app.db?mode=ro")
+    assert url.database == "file:/tmp/what%3F/app.db?mode=ro"  # SQLite decodes them itself
+    assert str(url) == "sqlite:///file:/tmp/what%3F/app.db?mode=ro"
+
+
 # -- server URLs ---------------------------------------------------------------------------------------------
 
 
@@ -117,6 +131,22 @@ def test_missing_host_and_database() -> None:
     url = parse_url("postgresql:///appdb")
     assert (url.host, url.port, url.database, url.username) == ("127.0.0.1", 5432, "appdb", None)
     assert str(url) == "postgresql://127.0.0.1:5432/appdb"
+
+
+@pytest.mark.parametrize("scheme", ["postgresql", "mysql"])
+def test_a_host_in_the_query_wins_when_the_url_names_none(scheme: str) -> None:
+    url = parse_url(f"{scheme}://app:pw@/appdb?host=%2Fvar%2Frun%2Fpostgresql&sslmode=disable")
+    assert url.host is None  # not the default 127.0.0.1: the driver takes the query's
+    assert url.option("host") == "/var/run/postgresql"
+    assert url.port == (5432 if scheme == "postgresql" else 3306)
+    assert str(url) == f"{scheme}://app:***@:{url.port}/appdb?host=%2Fvar%2Frun%2Fpostgresql&sslmode=disable"
+    assert parse_url(url.render(hide_password=False)) == url
+    assert parse_url(str(url)) == dataclasses.replace(url, password="***")
+    assert parse_url(f"{scheme}:///appdb?host=/var/run/postgresql") == dataclasses.replace(
+        url, username=None, password=None, query=(("host", "/var/run/postgresql"),)
+    )
+    assert parse_url(f"{scheme}://db.example/appdb?host=/var/run/postgresql").host == "db.example"  # the URL's wins
+    assert parse_url(f"{scheme}:///appdb?unix_socket=/run/mysqld/mysqld.sock").host == "127.0.0.1"
 
 
 @pytest.mark.parametrize(
@@ -247,7 +277,7 @@ def test_password_never_in_str_or_repr(user: str, password: str, scheme: str) ->
     assert str(url) == f"{backend}://{quote(user, safe='')}:***@db.example:{url.port}/app?sslmode=require"
     other = dataclasses.replace(url, password="other")
     assert repr(url) == repr(other)
-    assert "password" not in repr(url)
+    assert "password" not in repr(dataclasses.replace(url, username="u"))  # (the user name may say "password")
     baseline = str(other) + repr(other)
     assume(password not in baseline)
     for shown in (str(url), repr(url), url.render(), f"{url}", f"{url!r}", " ".join(map(str, [url]))):
