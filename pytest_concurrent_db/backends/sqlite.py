@@ -16,16 +16,19 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import socket
 import sqlite3
 import threading
 from pathlib import Path
 from typing import Any, ClassVar
+from urllib.parse import quote
 
 from filelock import FileLock, Timeout
 
 from ..errors import BackendUnavailableError, ConfigError, LockTimeoutError, NotOursError, ScriptError
 from ..naming import lock_key
+from ..options import names
 from ..sqlscript import split_sql
 from ..url import DatabaseURL
 from .base import DatabaseInfo, Marker
@@ -33,6 +36,8 @@ from .base import DatabaseInfo, Marker
 __all__ = ["SQLiteBackend"]
 
 _SUFFIXES = ("", "-wal", "-shm", "-journal")
+#: Names we generate (``naming``): safe as file names as they are.
+_PLAIN_NAME = re.compile(r"[a-z0-9_]{1,200}")
 
 
 class SQLiteBackend:
@@ -86,7 +91,7 @@ class SQLiteBackend:
         return data if isinstance(data, dict) else None
 
     def _memory_uri(self, name: str) -> str:
-        return f"file:{name}?mode=memory&cache=shared"
+        return _uri(name, "mode=memory&cache=shared")
 
     def path(self, name: str) -> Path:
         """The file of database ``name`` (raises if it does not exist)."""
@@ -109,7 +114,7 @@ class SQLiteBackend:
             except OSError as exc:
                 raise BackendUnavailableError(
                     f"cannot write SQLite databases in {directory}: {exc.strerror}; "
-                    f"fix its permissions or point --concurrent-db-url at a writable location"
+                    f"fix its permissions or point {names('url')} at a writable location"
                 ) from None
 
     def get_marker(self, name: str) -> Marker | None:
@@ -180,7 +185,7 @@ class SQLiteBackend:
 
     def clone(self, template: str, name: str, marker: Marker) -> None:
         self._check_name(name)
-        source = sqlite3.connect(f"file:{self.path(template)}?mode=ro", uri=True)
+        source = sqlite3.connect(_uri(self.path(template), "mode=ro"), uri=True)
         try:
             if self.memory:
                 anchor = sqlite3.connect(self._memory_uri(name), uri=True, check_same_thread=False)
@@ -289,8 +294,14 @@ class SQLiteBackend:
 
     # -- locks ---------------------------------------------------------------------------
     def _lock_path(self, key: str) -> Path:
+        """The lock file of ``key``: a template's is ``locks/<name>.lock`` (the machine-wide
+        template lock that server backends take besides their server lock: for SQLite it is
+        the one lock), any other key's is named by its hash."""
         directory = self.template_dir / "locks"
         directory.mkdir(parents=True, exist_ok=True)
+        kind, _, name = key.partition(":")
+        if kind == "template" and _PLAIN_NAME.fullmatch(name):
+            return directory / f"{name}.lock"
         return directory / f"{lock_key(key) & 0xFFFFFFFFFFFFFFFF:016x}.lock"
 
     def acquire_lock(self, key: str, timeout: float) -> None:
@@ -323,6 +334,12 @@ class SQLiteBackend:
     def close(self) -> None:
         for key in list(self._locks):
             self.release_lock(key)
+
+
+def _uri(path: Path | str, query: str) -> str:
+    """An SQLite URI for file ``path``: ``?``, ``#`` and ``%`` in it would start the query,
+    the fragment or an escape, so every such character is %-encoded (SQLite decodes it)."""
+    return f"file:{quote(str(path))}?{query}"
 
 
 def _size(path: Path | None) -> int | None:

@@ -218,6 +218,28 @@ def test_location_of_an_in_memory_sqlite_clone(tmp_path: Path, prefix: str) -> N
         drop_ours(files, prefix)
 
 
+@pytest.mark.parametrize("directory", ["what?", "hash#tag", "per%41cent", "all of ?#%25 ü"])
+def test_sqlite_files_in_a_directory_a_uri_would_misread(tmp_path: Path, prefix: str, directory: str) -> None:
+    """The template is opened read-only through an SQLite URI: ``?``, ``#`` and ``%`` in its
+    path are %-encoded, so the clone is a copy of the right file; the clone's URL round-trips."""
+    root = tmp_path / directory
+    url = DatabaseURL(backend="sqlite", database=str(root / "app.db"))
+    backend = SQLiteBackend(url, template_dir=root / "templates", clone_dir=root / "clones")
+    try:
+        template = _template(backend, prefix + "_tpl")
+        clone = _clone(backend, template, prefix + "_c")
+        assert backend.path(clone).parent == root / "clones"
+        conn = connect_url(backend.url_for(clone))
+        try:
+            assert _rows(conn) == [(1, "seed")]
+            assert backend.current_database(conn) == clone
+        finally:
+            conn.close()
+    finally:
+        drop_ours(backend, prefix)
+    assert sorted(p.name for p in (root / "clones").iterdir()) == []
+
+
 def test_build_statements_run_on_a_build_connection(backend: Backend, prefix: str) -> None:
     """The build settings are SQL the backend's own connection accepts, and they take effect."""
     expected = {
