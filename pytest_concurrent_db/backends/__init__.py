@@ -62,9 +62,13 @@ def load_backend(
 
 
 def connect_url(url: str | DatabaseURL, **kwargs: Any) -> Any:
-    """A new DB-API connection for ``url`` (any backend)."""
+    """A new DB-API connection for ``url`` (any backend), made from the same arguments as the
+    backend's own connections (the URL's query included: ``sslmode``, ``application_name``, a
+    socket directory as ``host``, MySQL's ``unix_socket``...); ``kwargs`` go to the driver last.
+
+    A server that cannot be reached raises BackendUnavailableError (one line, no password)."""
     parsed = parse_url(url) if isinstance(url, str) else url
-    driver = require_driver(parsed.backend)
+    require_driver(parsed.backend)
     if parsed.backend == "sqlite":
         import sqlite3
 
@@ -73,24 +77,9 @@ def connect_url(url: str | DatabaseURL, **kwargs: Any) -> Any:
             kwargs.setdefault("uri", True)
         return sqlite3.connect(parsed.database or ":memory:", **kwargs)
     if parsed.backend == "postgresql":
-        params = {
-            "host": parsed.host,
-            "port": parsed.port,
-            "user": parsed.username,
-            "password": parsed.password,
-            "dbname": parsed.database,
-            "connect_timeout": 10,
-        }
-        params.update(kwargs)
-        return driver.connect(**{k: v for k, v in params.items() if v is not None})
-    params = {
-        "host": parsed.host,
-        "port": parsed.port,
-        "user": parsed.username or "root",
-        "password": parsed.password or "",
-        "database": parsed.database,
-        "connect_timeout": 10,
-        "charset": "utf8mb4",
-    }
-    params.update(kwargs)
-    return driver.connect(**params)
+        from .postgresql import connect_to as connect_postgresql
+
+        return connect_postgresql(parsed, **kwargs)
+    from .mysql import connect_to as connect_mysql
+
+    return connect_mysql(parsed, **kwargs)

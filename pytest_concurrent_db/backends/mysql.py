@@ -54,7 +54,7 @@ from ..url import DatabaseURL
 from .base import ControlConnection, DatabaseInfo, Marker, clean_up_after
 from .mysql_recipe import capture_recipe, quote_ident, replay_recipe
 
-__all__ = ["REGISTRY", "MySQLBackend", "quote_ident"]
+__all__ = ["REGISTRY", "MySQLBackend", "connect_params", "connect_to", "quote_ident"]
 
 #: The database holding one row per database we created.
 REGISTRY = "pytest_concurrent_db_registry"
@@ -120,6 +120,54 @@ def _server_message(exc: BaseException) -> str:
     return _one_line(exc) or type(exc).__name__
 
 
+def connect_params(url: DatabaseURL, **overrides: Any) -> dict[str, Any]:
+    """The keyword arguments of :func:`pymysql.connect` for the database of ``url`` (none if
+    it names none): every connection to the server is made from them (the backend's and
+    :func:`.connect_url`'s).  From the query: ``unix_socket``, and ``host`` when the URL
+    names no host; ``overrides`` last."""
+    params: dict[str, Any] = {
+        "host": url.host or url.option("host") or "127.0.0.1",
+        "port": url.port or 3306,
+        "user": url.username or "root",
+        "password": url.password or "",
+        "charset": "utf8mb4",
+        "connect_timeout": 10,
+    }
+    socket = url.option("unix_socket")
+    if socket:
+        params["unix_socket"] = socket
+    if url.database:
+        params["database"] = url.database
+    params.update(overrides)
+    return params
+
+
+def unavailable(url: DatabaseURL, exc: BaseException) -> BackendUnavailableError:
+    """The error for a failed connection to ``url``: one line, without the password, with the fix."""
+    reason = _server_message(exc)
+    if url.password:
+        reason = reason.replace(url.password, "***")
+    errno = _errno(exc)
+    if errno in _AUTH_ERRORS:
+        fix = f"check the user and password or {_URL_FIX}"
+    elif errno == ER_BAD_DB:
+        fix = f"check that database {url.database!r} exists or {_URL_FIX}"
+    else:
+        fix = f"start the server or {_URL_FIX}"
+    return BackendUnavailableError(f"cannot connect to MySQL at {url.render()}: {reason}; {fix}")
+
+
+def connect_to(url: DatabaseURL, *, shown: DatabaseURL | None = None, **overrides: Any) -> Any:
+    """A new connection to the database of ``url`` (:func:`connect_params`), or
+    BackendUnavailableError naming ``shown`` (default: ``url``)."""
+    import pymysql
+
+    try:
+        return pymysql.connect(**connect_params(url, **overrides))
+    except (pymysql.err.MySQLError, OSError) as exc:  # any failure to connect means "unavailable"
+        raise unavailable(shown or url, exc) from None
+
+
 class MySQLBackend(ControlConnection[Any]):
     """One MySQL/MariaDB server; nothing is connected until first use."""
 
@@ -139,42 +187,17 @@ class MySQLBackend(ControlConnection[Any]):
         self._marks: weakref.WeakKeyDictionary[Any, tuple[int, int, int, bool]] = weakref.WeakKeyDictionary()
 
     # -- connections ---------------------------------------------------------------
-    def _params(self) -> dict[str, Any]:
-        params: dict[str, Any] = {
-            "host": self.url.host or "127.0.0.1",
-            "port": self.url.port or 3306,
-            "user": self.url.username or "root",
-            "password": self.url.password or "",
-            "charset": "utf8mb4",
-            "connect_timeout": 10,
-            "program_name": self.application_name,
-        }
-        socket = self.url.option("unix_socket")
-        if socket:
-            params["unix_socket"] = socket
-        return params
-
     def _open(self, *, client_flag: int = 0, **extra: Any) -> Any:
-        """A new autocommit connection without default database, or BackendUnavailableError."""
-        import pymysql
-
-        params = self._params()
-        params.update(autocommit=True, client_flag=client_flag, **extra)
-        try:
-            return pymysql.connect(**params)
-        except (pymysql.err.MySQLError, OSError) as exc:  # any failure to connect means "unavailable"
-            raise BackendUnavailableError(self._unavailable(exc)) from None
-
-    def _unavailable(self, exc: BaseException) -> str:
-        reason = _server_message(exc)
-        if self.url.password:
-            reason = reason.replace(self.url.password, "***")
-        fix = (
-            f"check the user and password or {_URL_FIX}"
-            if _errno(exc) in _AUTH_ERRORS
-            else (f"start the server or {_URL_FIX}")
+        """A new autocommit connection without default database, or BackendUnavailableError
+        (naming the URL of the user's database)."""
+        return connect_to(
+            self.url.with_database(""),
+            shown=self.url,
+            program_name=self.application_name,
+            autocommit=True,
+            client_flag=client_flag,
+            **extra,
         )
-        return f"cannot connect to MySQL at {self.url.render()}: {reason}; {fix}"
 
     # the driver's part of ControlConnection
     def _open_control(self) -> Any:
@@ -536,9 +559,7 @@ class MySQLBackend(ControlConnection[Any]):
 
     # -- connections for users -----------------------------------------------------
     def connect(self, name: str, *, autocommit: bool = False) -> Any:
-        import pymysql
-
-        return pymysql.connect(database=name, autocommit=autocommit, **self._params())
+        return connect_to(self.url.with_database(name), program_name=self.application_name, autocommit=autocommit)
 
     def url_for(self, name: str) -> str:
         return self.url.with_database(name).render(hide_password=False)

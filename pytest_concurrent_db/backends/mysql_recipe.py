@@ -22,6 +22,7 @@ from collections.abc import Callable, Iterator, Sequence
 from typing import Any
 
 from ..errors import ConcurrentDBError, PrivilegeError
+from ..options import names
 
 __all__ = ["RECIPE_FORMAT", "REPLAY_SQL_MODE", "capture_recipe", "clone_statements", "quote_ident", "replay_recipe"]
 
@@ -253,7 +254,7 @@ def capture_recipe(cursor: Any, template: str) -> dict[str, Any]:
             raise PrivilegeError(
                 f"cannot read the definition of {kind.lower()} {routine!r} in MySQL database "
                 f"{template!r} (SHOW CREATE {kind} returned NULL): connect as its definer or grant "
-                f"SELECT on mysql.proc (MariaDB) / SHOW_ROUTINE (MySQL) to the user of --concurrent-db-url"
+                f"SELECT on mysql.proc (MariaDB) / SHOW_ROUTINE (MySQL) to the user of {names('url')}"
             )
         routine_recipes.append({"name": routine, "type": kind, "sql_mode": row[1], "create": cut(row[2], row[1])})
     event_recipes = []

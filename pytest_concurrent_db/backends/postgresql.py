@@ -17,6 +17,7 @@ and its new holder, after the work it guarded (e.g. the drop) was done anyway.
 from __future__ import annotations
 
 import contextlib
+import functools
 import re
 import time
 from typing import Any, ClassVar
@@ -39,7 +40,7 @@ from ..sqlscript import Statement, split_sql
 from ..url import DatabaseURL
 from .base import ControlConnection, DatabaseInfo, Marker, clean_up_after
 
-__all__ = ["PostgreSQLBackend"]
+__all__ = ["PostgreSQLBackend", "connect_params", "connect_to"]
 
 _FIX_URL = f"fix {names('url')}"
 _STRATEGIES = ("wal_log", "file_copy")
@@ -70,6 +71,46 @@ def _split_list(value: str) -> list[str]:
     return [i[1:-1].replace('""', '"') if i.startswith('"') else i for i in items]
 
 
+@functools.cache
+def _libpq_keywords() -> frozenset[str]:
+    return frozenset(o.keyword.decode() for o in psycopg.pq.Conninfo.get_defaults())
+
+
+def connect_params(url: DatabaseURL, **overrides: Any) -> dict[str, Any]:
+    """The keyword arguments of :func:`psycopg.connect` for the database of ``url``: every
+    connection to the server is made from them (the backend's and :func:`.connect_url`'s).
+
+    libpq keywords in the URL's query come first (``sslmode``, ``application_name``,
+    ``connect_timeout``, a socket directory as ``host`` when the URL names no host...), then
+    the URL's own user, password, host, port and database, then ``overrides``.  Anything else
+    in the query (e.g. ``maintenance_db``) is ours, not libpq's, and left out."""
+    params: dict[str, Any] = {"connect_timeout": 10}
+    params.update((k, v) for k, v in url.query if k in _libpq_keywords())
+    parts = {"host": url.host, "port": url.port, "user": url.username, "password": url.password}
+    params.update((k, v) for k, v in parts.items() if v is not None)
+    params["dbname"] = url.database
+    params.update(overrides)
+    return {k: v for k, v in params.items() if v is not None}
+
+
+def unavailable(url: DatabaseURL, exc: Exception) -> BackendUnavailableError:
+    """The error for a failed connection to ``url``: one line, without the password."""
+    reason = _one_line(str(exc))
+    if url.password:
+        reason = reason.replace(url.password, "***")
+    return BackendUnavailableError(
+        f"cannot connect to PostgreSQL at {url.render()}: {reason}; start the server or {_FIX_URL}"
+    )
+
+
+def connect_to(url: DatabaseURL, **overrides: Any) -> psycopg.Connection[Any]:
+    """A new connection to the database of ``url`` (:func:`connect_params`), or BackendUnavailableError."""
+    try:
+        return psycopg.connect(**connect_params(url, **overrides))
+    except psycopg.OperationalError as exc:
+        raise unavailable(url, exc) from None
+
+
 class PostgreSQLBackend(ControlConnection[psycopg.Connection[Any]]):
     """Databases on one PostgreSQL server; see :class:`~.base.Backend` for the contract."""
 
@@ -98,27 +139,7 @@ class PostgreSQLBackend(ControlConnection[psycopg.Connection[Any]]):
 
     # -- connections ------------------------------------------------------------
     def _params(self, dbname: str) -> dict[str, Any]:
-        known = {o.keyword.decode() for o in psycopg.pq.Conninfo.get_defaults()}
-        params: dict[str, Any] = {k: v for k, v in self.url.query if k in known}
-        params.update(
-            host=self.url.host,
-            port=self.url.port,
-            user=self.url.username,
-            password=self.url.password,
-            dbname=dbname,
-            connect_timeout=10,
-            application_name=self.application_name,
-        )
-        return {k: v for k, v in params.items() if v is not None}
-
-    def _unavailable(self, exc: Exception, url: DatabaseURL | None = None) -> BackendUnavailableError:
-        reason = _one_line(str(exc))
-        if self.url.password:
-            reason = reason.replace(self.url.password, "***")
-        return BackendUnavailableError(
-            f"cannot connect to PostgreSQL at {(url or self.url).render()}: {reason}; "
-            f"start the server or {_FIX_URL}"
-        )
+        return connect_params(self.url.with_database(dbname), application_name=self.application_name)
 
     def _open_control(self) -> psycopg.Connection[Any]:
         wanted = self.url.option("maintenance_db")
@@ -145,7 +166,7 @@ class PostgreSQLBackend(ControlConnection[psycopg.Connection[Any]]):
                     conn.execute("SET client_connection_check_interval = 100")
             return conn
         assert first is not None
-        raise self._unavailable(first) from None
+        raise unavailable(self.url, first) from None
 
     # the driver's part of ControlConnection
     def _is_open(self, conn: psycopg.Connection[Any]) -> bool:
@@ -175,10 +196,7 @@ class PostgreSQLBackend(ControlConnection[psycopg.Connection[Any]]):
         return self._control().info.server_version // 10000
 
     def connect(self, name: str, *, autocommit: bool = False) -> Any:
-        try:
-            return psycopg.connect(**self._params(name), autocommit=autocommit)
-        except psycopg.OperationalError as exc:
-            raise self._unavailable(exc, self.url.with_database(name)) from None
+        return connect_to(self.url.with_database(name), application_name=self.application_name, autocommit=autocommit)
 
     def url_for(self, name: str) -> str:
         return self.url.with_database(name).render(hide_password=False)
@@ -419,8 +437,7 @@ class PostgreSQLBackend(ControlConnection[psycopg.Connection[Any]]):
             return
         if name == self.url.database:  # belt and braces: the user's database is never ours
             raise NotOursError(
-                f"refusing to drop {name!r}: it is the database of "
-                "--concurrent-db-url, which is never dropped"
+                f"refusing to drop {name!r}: it is the database of {names('url')}, which is never dropped"
             )
         if Marker.decode(row[1]) is None:
             raise NotOursError(

@@ -8,6 +8,7 @@ finalizer even when the test fails.
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import json
 import re
 import secrets
@@ -21,7 +22,7 @@ import pymysql
 import pytest
 
 from pytest_concurrent_db.backends import Marker, connect_url
-from pytest_concurrent_db.backends.mysql import REGISTRY, MySQLBackend, quote_ident
+from pytest_concurrent_db.backends.mysql import REGISTRY, MySQLBackend, connect_params, quote_ident
 from pytest_concurrent_db.backends.mysql_recipe import cut_schema, strip_definer
 from pytest_concurrent_db.errors import (
     BackendUnavailableError,
@@ -31,6 +32,7 @@ from pytest_concurrent_db.errors import (
     PrivilegeError,
     ScriptError,
 )
+from pytest_concurrent_db.options import names as option_names
 from pytest_concurrent_db.url import DatabaseURL
 
 pytestmark = pytest.mark.mysql
@@ -775,6 +777,58 @@ def test_preflight_unreachable_hides_password(mysql_url: DatabaseURL) -> None:
     assert ":1/" in message
     assert message.endswith(
         "start the server or fix --concurrent-db-url (ini concurrent_db_url, env CONCURRENT_DB_URL)")
+
+
+def test_unix_socket_in_the_query_reaches_every_connection(backend: MySQLBackend, made: Made,
+                                                           mysql_url: DatabaseURL) -> None:
+    """``?unix_socket=`` reaches connect_url (ConcurrentDatabase.connect) as it reaches the
+    backend's own connections, from one computation (connect_params)."""
+    admin = connect_url(mysql_url.with_database(""))
+    try:
+        socket_path = str(_query(admin, "SELECT @@socket")[0][0])
+    finally:
+        admin.close()
+    url = dataclasses.replace(mysql_url, query=(("unix_socket", socket_path),))
+    assert connect_params(url)["unix_socket"] == socket_path
+    name = made.name()
+    assert backend.try_lock("clone:" + name)
+    backend.create(name, _marker("clone", "socket"))
+    over_socket = MySQLBackend(url)
+    try:
+        for conn in (connect_url(url.with_database(name)), connect_url(over_socket.url_for(name)),
+                     over_socket.connect(name)):
+            try:
+                rows = _query(conn, "SELECT HOST, DB FROM information_schema.PROCESSLIST WHERE ID = CONNECTION_ID()")
+                assert rows == [("localhost", name)]  # TCP connections show an address and a port
+            finally:
+                conn.close()
+    finally:
+        over_socket.close()
+
+
+@pytest.mark.parametrize("how", ["connect_url", "backend.connect"])
+def test_connection_errors_are_one_line_without_password(mysql_url: DatabaseURL, how: str) -> None:
+    def connect(url: DatabaseURL) -> Any:
+        if how == "connect_url":
+            return connect_url(url)
+        return MySQLBackend(url).connect(url.database)
+
+    closed = dataclasses.replace(mysql_url, port=1, password="s3cr3t")
+    with pytest.raises(BackendUnavailableError) as info:
+        connect(closed)
+    message = str(info.value)
+    assert message.startswith(f"concurrent-db: cannot connect to MySQL at {closed}: ")
+    assert message.endswith(f"; start the server or fix {option_names('url')}")
+    assert "s3cr3t" not in message
+    assert "\n" not in message
+
+    missing = mysql_url.with_database("cdb_t_" + _hex() + "_missing")
+    with pytest.raises(BackendUnavailableError) as info:
+        connect(missing)
+    message = str(info.value)
+    assert message.startswith(f"concurrent-db: cannot connect to MySQL at {missing}: ")
+    assert "(MySQL error 1049)" in message
+    assert message.endswith(f"; check that database {missing.database!r} exists or fix {option_names('url')}")
 
 
 def test_preflight_access_denied_hides_password(mysql_url: DatabaseURL) -> None:

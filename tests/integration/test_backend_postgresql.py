@@ -8,6 +8,7 @@ database lives, so a reaper or prune running concurrently in another test never 
 
 from __future__ import annotations
 
+import dataclasses
 import pickle
 import secrets
 import socket
@@ -16,6 +17,7 @@ import threading
 import time
 from collections.abc import Callable, Iterator
 from typing import Any
+from urllib.parse import quote
 
 import psycopg
 import pytest
@@ -23,7 +25,7 @@ from psycopg import sql
 
 from pytest_concurrent_db.backends import connect_url
 from pytest_concurrent_db.backends.base import Marker
-from pytest_concurrent_db.backends.postgresql import PostgreSQLBackend
+from pytest_concurrent_db.backends.postgresql import PostgreSQLBackend, connect_params
 from pytest_concurrent_db.errors import (
     BackendUnavailableError,
     ConcurrentDBError,
@@ -34,7 +36,7 @@ from pytest_concurrent_db.errors import (
     ScriptError,
 )
 from pytest_concurrent_db.options import names as option_names
-from pytest_concurrent_db.url import DatabaseURL
+from pytest_concurrent_db.url import DatabaseURL, parse_url
 
 pytestmark = pytest.mark.postgresql
 
@@ -654,6 +656,88 @@ def test_url_for_roundtrips(backend: PostgreSQLBackend, names: Names) -> None:
     backend.create(name, _marker())
     with connect_url(backend.url_for(name)) as conn:
         assert backend.current_database(conn) == name
+
+
+def _with_query(url: DatabaseURL, **query: str) -> DatabaseURL:
+    return dataclasses.replace(url, query=(*url.query, *query.items()))
+
+
+def test_the_url_query_reaches_every_connection(
+    postgresql_url: DatabaseURL, backend: PostgreSQLBackend, names: Names
+) -> None:
+    """libpq keywords in the URL's query reach connect_url (ConcurrentDatabase.connect) as they
+    reach the backend's own connections, from one computation (connect_params)."""
+    name = names()
+    backend.create(name, _marker())
+    app = "cdb-test-query-" + secrets.token_hex(3)
+    url = _with_query(postgresql_url.with_database(name), options="-c search_path=cdbq", application_name=app)
+    assert connect_params(url)["dbname"] == name
+    assert {k: connect_params(url)[k] for k in ("options", "application_name", "connect_timeout")} == {
+        "options": "-c search_path=cdbq",
+        "application_name": app,
+        "connect_timeout": 10,
+    }
+    assert "maintenance_db" not in connect_params(_with_query(url, maintenance_db="postgres"))  # ours, not libpq's
+    through_url: psycopg.Connection[Any] = connect_url(url.render(hide_password=False))
+    user_backend = PostgreSQLBackend(url, application_name="cdb-test-own-name")
+    try:
+        with through_url, user_backend.connect(name) as own:
+            assert through_url.execute("SHOW search_path").fetchone() == ("cdbq",)
+            assert through_url.execute("SHOW application_name").fetchone() == (app,)
+            assert own.execute("SHOW search_path").fetchone() == ("cdbq",)
+            assert own.execute("SHOW application_name").fetchone() == ("cdb-test-own-name",)  # the backend's
+    finally:
+        user_backend.close()
+
+
+def _socket_directory(admin: psycopg.Connection[Any]) -> str:
+    row = admin.execute("SHOW unix_socket_directories").fetchone()
+    assert row is not None
+    directory = str(row[0]).split(",")[0].strip()
+    if not directory:
+        pytest.skip("the server listens on no Unix socket")
+    return directory
+
+
+def test_a_socket_directory_in_the_query_is_used(
+    postgresql_url: DatabaseURL, admin: psycopg.Connection[Any], names: Names
+) -> None:
+    """``postgresql://user@/db?host=/socket/dir``: the query's host wins over the default
+    127.0.0.1, for connect_url and every connection of the backend, and the URL round-trips."""
+    directory = _socket_directory(admin)
+    text = f"postgresql://{postgresql_url.username}@/postgres?host={quote(directory, safe='')}"
+    url = parse_url(text)
+    assert url.host is None
+    assert url.option("host") == directory
+    assert parse_url(str(url)) == url
+    assert parse_url(url.render(hide_password=False)) == url
+    with connect_url(text) as conn:
+        assert conn.execute("SELECT inet_client_addr()").fetchone() == (None,)  # not TCP
+    app = "cdb-test-socket-" + secrets.token_hex(3)
+    backend = PostgreSQLBackend(url, application_name=app)
+    try:
+        backend.preflight()
+        name = names()
+        backend.create(name, _marker())
+        with backend.connect(name) as conn:
+            assert conn.execute("SELECT inet_client_addr()").fetchone() == (None,)
+        with connect_url(backend.url_for(name)) as conn:
+            assert conn.execute("SELECT current_database(), inet_client_addr()").fetchone() == (name, None)
+        rows = admin.execute("SELECT client_addr FROM pg_stat_activity WHERE application_name = %s", (app,)).fetchall()
+        assert rows == [(None,)]  # the control connection
+    finally:
+        backend.close()
+
+
+def test_connect_url_errors_are_one_line_without_password(postgresql_url: DatabaseURL) -> None:
+    url = dataclasses.replace(postgresql_url, port=_free_port(), password="s3cr3t")
+    with pytest.raises(BackendUnavailableError) as info:
+        connect_url(url)
+    message = str(info.value)
+    assert message.startswith(f"concurrent-db: cannot connect to PostgreSQL at {url}: ")
+    assert message.endswith(f"; start the server or fix {option_names('url')}")
+    assert "\n" not in message
+    assert "s3cr3t" not in message
 
 
 def _free_port() -> int:
