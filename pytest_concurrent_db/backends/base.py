@@ -4,10 +4,12 @@ A backend owns one *control* connection to the server (PostgreSQL: the maintenan
 database; MySQL: no default database; SQLite: none).  Session-level locks are held
 on that connection, so they die with the process that holds them: a lock that can
 be taken means its owner is gone.  That is how liveness is decided everywhere
-(see :mod:`pytest_concurrent_db.engine`).
+(see :mod:`pytest_concurrent_db.markers`).  On the servers, :class:`ControlConnection`
+keeps that connection and its locks across a session the server ended.
 
-Backends never decide *what* to create: the engine does.  They only do it, safely:
-``drop`` refuses any database that does not carry our marker.
+Backends never decide *what* to create: their callers (the template, clones, spares and
+janitor modules) do.  They only do it, safely: ``drop`` refuses any database that does not
+carry our marker.
 """
 
 from __future__ import annotations
