@@ -36,6 +36,7 @@ from .paths import Directories
 from .site import Site
 from .template import PopulateSpec, Template, ensure_template, populators_for
 from .url import DatabaseURL, parse_url
+from .worker import WorkerDatabases
 
 __all__ = [
     "DEFAULT_URL",
@@ -165,35 +166,33 @@ def _backend(site: Site, run_id: str, worker_id: str) -> Iterator[Backend]:
 
 
 @contextmanager
-def worker_database(template: Template, worker_id: str = "main") -> Iterator[ConcurrentDatabase]:
+def worker_database(
+    template: Template, worker_id: str = "main", *, spares: int | str = 0
+) -> Iterator[ConcurrentDatabase]:
     """A fresh clone of ``template`` for the ``with`` block, dropped on exit, also when the
     block raises (the exception reaches the caller unchanged).
 
     While the block runs, this process holds the clone's lock: no other run reaps it.
+    ``spares`` (PostgreSQL, MySQL; off by default outside pytest): ``1`` (or ``auto``: only
+    once a copy proved slow) also copies the template in the background into a spare that
+    the next ``worker_database`` call with the same ``worker_id`` takes over in
+    milliseconds; the block's exit waits for it.
     """
-    run_id = new_run_id()
-    with _backend(template.site, run_id, worker_id) as backend:
-        name, used = make_clone(
-            backend,
-            template,
-            run_id=run_id,
-            worker_id=worker_id,
-            rebuild=lambda: _rebuild(backend, template, run_id, worker_id),
-        )
+    if spares != "auto" and (isinstance(spares, bool) or not isinstance(spares, int) or spares < 0):
+        raise ConfigError(f"spares must be a whole number >= 0 or 'auto', not {spares!r}")
+    databases = WorkerDatabases(template.site, run_id=new_run_id(), worker_id=worker_id, spares=spares)
+    try:
+        database = databases.create_clone(template)
         try:
-            yield handle(backend, used, name, run_id, worker_id)
+            yield database
         except BaseException:
             with contextlib.suppress(Exception):  # the caller's exception matters more
-                drop_clone(backend, name)
+                databases.drop_clone()
             raise
-        drop_clone(backend, name)
-
-
-def _rebuild(backend: Backend, template: Template, run_id: str, worker_id: str) -> Template:
-    """``template`` again, after another run pruned it between our check and our copy."""
-    return ensure_template(
-        backend, template.site, template.populators, run_id=run_id, worker_id=worker_id, extra=template.extra
-    )
+        databases.drop_clone()
+    finally:
+        with contextlib.suppress(Exception):
+            databases.close()
 
 
 class ClonePool(Sequence[ConcurrentDatabase]):

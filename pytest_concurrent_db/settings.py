@@ -193,6 +193,6 @@ def check_url_for_xdist(url: DatabaseURL, parallel: bool) -> None:
     """An in-memory SQLite URL cannot be shared between processes."""
     if parallel and url.is_memory:
         raise ConfigError(
-            "an in-memory SQLite URL cannot be shared by xdist workers; use a file URL "
-            "such as sqlite:///tests.db or omit --concurrent-db-url for the SQLite default"
+            "an in-memory SQLite URL cannot be shared by xdist workers; use a file URL such as "
+            f"sqlite:///tests.db, or none for the SQLite default; fix {option('url').names()}"
         )

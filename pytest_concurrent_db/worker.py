@@ -81,6 +81,7 @@ class WorkerDatabases:
         template = template or self.template
         if template is None:
             raise ValueError("create_clone() needs a template: call ensure_template() first")
+        self.template = template
         count = wanted_spares(self.spares, self.backend.name)
         started = time.perf_counter()
         name = claim_spare(self.backend, template, run_id=self.run_id, worker_id=self.worker_id) if count else None

@@ -303,6 +303,49 @@ def test_worker_database_is_a_copy_dropped_on_exit(target: Target) -> None:
     assert not target.clones()
 
 
+@pytest.mark.parametrize(
+    "backend_url",
+    [
+        pytest.param("postgresql", id="postgresql", marks=pytest.mark.postgresql),
+        pytest.param("mysql", id="mysql", marks=pytest.mark.mysql),
+    ],
+    indirect=True,
+)
+def test_worker_database_spares_are_taken_over_by_the_next_call(target: Target) -> None:
+    """Off by default; with ``spares=1`` the exit leaves a pristine spare for the same worker id,
+    which the next call takes over instead of copying (and it holds the template's rows)."""
+
+    def spares() -> set[str]:
+        return {n for n in target.ours() if "_sp" in n}
+
+    template = target.build(target.schema())
+    with worker_database(template, "job") as db:
+        run(db, "DELETE FROM item")
+    assert spares() == set()  # default: none
+    with worker_database(template, "job", spares=1) as first:
+        assert "_sp" not in first.name
+        run(first, "DELETE FROM item")
+    made = spares()
+    assert len(made) == 1
+    with worker_database(template, "other", spares=1) as stranger:
+        assert stranger.name not in made  # another worker id's spare is not taken
+    assert spares() >= made
+    with worker_database(template, "job", spares=1) as second:
+        assert second.name in made  # taken over: no copy
+        assert items(second) == PRISTINE
+    left = spares()
+    assert len(left) == 2  # the next ones, for "job" and "other"
+    assert not left & made
+    backend = target._backend()
+    try:
+        for name in left:
+            backend.drop(name)
+    finally:
+        backend.close()
+    with pytest.raises(ConfigError, match="spares must be"), worker_database(template, "job", spares=-1):
+        pass
+
+
 @ALL_BACKENDS
 def test_worker_database_dropped_when_the_body_raises(target: Target) -> None:
     template = target.build(target.schema())
