@@ -59,6 +59,15 @@ OPTIONS: tuple[Option, ...] = (
     Option("schema", "paths", (), "SQL files applied in order to build the template", metavar="FILE"),
     Option("keep", "bool", False, "Keep the worker databases after the run, for debugging"),
     Option("rebuild", "bool", False, "Rebuild the template even if an up-to-date one exists"),
+    # kind "flag_or_path": the bare flag turns it on; a value (a .json file) also names a file
+    Option(
+        "timings",
+        "flag_or_path",
+        False,
+        "Print how long each phase took (fingerprint, lock wait, template build or reuse, clone per worker, "
+        "isolation check, drop); =FILE.json also writes it as JSON",
+        metavar="FILE.json",
+    ),
     Option("lock_timeout", "float", 300.0, "Seconds to wait for the template lock (default: 300)", metavar="SECONDS"),
     Option(
         "keep_templates",

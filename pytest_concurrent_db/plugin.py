@@ -48,6 +48,8 @@ def pytest_addoption(parser: pytest.Parser) -> None:
             kwargs.update(action="append", metavar=option.metavar)
         elif option.kind == "choice":
             kwargs.update(choices=option.choices)
+        elif option.kind == "flag_or_path":  # --concurrent-db-timings[=FILE.json]
+            kwargs.update(nargs="?", const=True, metavar=option.metavar)
         else:
             kwargs.update(metavar=option.metavar)
         group.addoption(option.flag, **kwargs)
@@ -212,3 +214,8 @@ def pytest_terminal_summary(terminalreporter: Any, config: pytest.Config) -> Non
         # what the controller reaped at the start (workers report their own)
         reaped=[name for d in state.all_databases() for name in d.stats.reaped] if _runs_xdist(config) else (),
     )
+    if state.settings.timings:  # --concurrent-db-timings
+        from .timings import write_timings
+
+        reports = state.worker_reports if _runs_xdist(config) else state.reports()
+        write_timings(terminalreporter, reports, state.run_id, state.settings.timings)

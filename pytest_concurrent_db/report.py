@@ -29,6 +29,12 @@ class WorkerReport:
     template_built: bool = False
     template_seconds: float = 0.0
     lock_wait_seconds: float = 0.0
+    #: seconds spent on the template's fingerprint (its inputs hashed: files, Django's migrations)
+    fingerprint_seconds: float = 0.0
+    #: seconds spent finding the template ready, when this process did not build it
+    reuse_seconds: float = 0.0
+    #: migrations Django's ``migrate`` applied while this process built the template
+    migrations: int = 0
     #: this process's clone (empty: setup failed before it was made)
     clone: str = ""
     clone_seconds: float = 0.0

@@ -35,6 +35,8 @@ class Settings:
 
     enabled: bool = False
     url: DatabaseURL | None = None
+    #: ``--concurrent-db-timings``: False, True (print the table) or a JSON file to write too
+    timings: bool | Path = False
     schema: tuple[Path, ...] = ()
     keep: bool = False
     rebuild: bool = False
@@ -130,6 +132,8 @@ def _convert(option: Option, value: Any, source: str, base: Path) -> Any:
         if text in _FALSE:
             return False
         raise ConfigError(f"{source} must be true or false, not {value!r}; fix {option.names()}")
+    if option.kind == "flag_or_path":
+        return _flag_or_path(option, value, source, base)
     if option.kind == "float":
         try:
             number = float(value)
@@ -179,6 +183,25 @@ def _convert(option: Option, value: Any, source: str, base: Path) -> Any:
     if option.name == "url":
         return parse_url(str(value))
     return value
+
+
+def _flag_or_path(option: Option, value: Any, source: str, base: Path) -> bool | Path:
+    """True/False, or a ``.json`` file (a bare flag before a test path would take it as its
+    value: anything else is refused rather than overwritten)."""
+    if isinstance(value, bool):
+        return value
+    text = str(value).strip()
+    if text.lower() in _TRUE:
+        return True
+    if text.lower() in _FALSE:
+        return False
+    if not text.lower().endswith(".json"):
+        raise ConfigError(
+            f"{source} takes no value or a file ending in .json, not {value!r} "
+            f"(write {option.flag}=timings.json, or put the bare flag after the test paths); fix {option.names()}"
+        )
+    path = Path(text)
+    return path if path.is_absolute() else base / path
 
 
 def _split_paths(value: Any) -> list[Path]:

@@ -143,6 +143,8 @@ class Template:
     built: bool = False
     build_seconds: float = 0.0
     lock_wait_seconds: float = 0.0
+    #: seconds spent computing the fingerprint (hashing the inputs, asking the server's version)
+    fingerprint_seconds: float = 0.0
     #: what built it: a clone that finds it pruned by another run rebuilds it from these
     populators: tuple[Populator, ...] = field(default=(), repr=False, compare=False)
     extra: tuple[str, ...] = field(default=(), repr=False, compare=False)
@@ -177,18 +179,29 @@ def ensure_template(
     built by this run is always reused.  ``on_built`` runs after a build, still under
     the lock (the caller prunes out-of-date templates there).
     """
+    started = time.perf_counter()
     print_ = fingerprint(backend, populators, extra)
+    hashing = time.perf_counter() - started
     name = template_name(site.base, print_)
     found = _usable(backend.get_marker(name), print_, rebuild, run_id)
     if found is not None:
-        return Template(name, print_, found, site, populators=tuple(populators), extra=tuple(extra))
+        return Template(
+            name, print_, found, site, fingerprint_seconds=hashing, populators=tuple(populators), extra=tuple(extra)
+        )
     started = time.perf_counter()
     with template_lock(backend, site, name, run_id, worker_id):
         waited = time.perf_counter() - started
         found = _usable(backend.get_marker(name), print_, rebuild, run_id)
         if found is not None:
             return Template(
-                name, print_, found, site, lock_wait_seconds=waited, populators=tuple(populators), extra=tuple(extra)
+                name,
+                print_,
+                found,
+                site,
+                lock_wait_seconds=waited,
+                fingerprint_seconds=hashing,
+                populators=tuple(populators),
+                extra=tuple(extra),
             )
         begun = time.perf_counter()
         build = _build(backend, site, name, print_, populators, run_id=run_id, worker_id=worker_id)
@@ -200,6 +213,7 @@ def ensure_template(
             built=True,
             build_seconds=time.perf_counter() - begun,
             lock_wait_seconds=waited,
+            fingerprint_seconds=hashing,
             populators=tuple(populators),
             extra=tuple(extra),
         )

@@ -49,6 +49,7 @@ class WorkerDatabases:
         self, populators: Sequence[Populator], *, extra: Sequence[str] = (), rebuild: bool = False
     ) -> Template:
         """The ready template for these inputs (built once per run at most)."""
+        started = time.perf_counter()
         self.template = ensure_template(
             self.backend,
             self.site,
@@ -61,9 +62,13 @@ class WorkerDatabases:
         )
         self.stats.template = self.template.name
         self.stats.lock_wait_seconds = self.template.lock_wait_seconds
+        self.stats.fingerprint_seconds = self.template.fingerprint_seconds
         if self.template.built:
             self.stats.template_built = True
             self.stats.template_seconds = self.template.build_seconds
+        else:
+            spent = time.perf_counter() - started - self.template.fingerprint_seconds - self.template.lock_wait_seconds
+            self.stats.reuse_seconds = max(spent, 0.0)
         return self.template
 
     def _after_build(self, template: Template) -> None:

@@ -45,6 +45,7 @@ NAMES = [
     ("schema", "paths", "--concurrent-db-schema", "concurrent_db_schema", "CONCURRENT_DB_SCHEMA"),
     ("keep", "bool", "--concurrent-db-keep", "concurrent_db_keep", "CONCURRENT_DB_KEEP"),
     ("rebuild", "bool", "--concurrent-db-rebuild", "concurrent_db_rebuild", "CONCURRENT_DB_REBUILD"),
+    ("timings", "flag_or_path", "--concurrent-db-timings", "concurrent_db_timings", "CONCURRENT_DB_TIMINGS"),
     (
         "lock_timeout",
         "float",
@@ -114,6 +115,7 @@ def test_resolve_reads_the_literal_names() -> None:
         "schema": "default",
         "keep": "--concurrent-db-keep",
         "rebuild": "ini concurrent_db_rebuild",
+        "timings": "default",
         "lock_timeout": "env CONCURRENT_DB_LOCK_TIMEOUT",
         "keep_templates": "ini concurrent_db_keep_templates",
         "clone_strategy": "default",
