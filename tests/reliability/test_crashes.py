@@ -91,7 +91,8 @@ def test_a_live_run_is_never_reaped_by_another(project: Project) -> None:
     other = project.pytester.path / "other.sql"
     other.write_text((project.pytester.path / "schema.sql").read_text() + "\nCREATE TABLE other (id INTEGER);\n")
     project.pytester.makepyfile(test_quick="def test_quick(concurrent_db): pass\n")
-    slow = _start(project, "-n", "2", "test_project.py", env={"SLOW_SECONDS": "5"})
+    # long enough to outlive the other run even on a loaded machine (its closing drop alone took 6.6 s once)
+    slow = _start(project, "-n", "2", "test_project.py", env={"SLOW_SECONDS": "20"})
     try:
         if project.backend != "sqlite":
             _wait_for(lambda: len(project.clones()) == 2)
@@ -109,6 +110,7 @@ def test_a_live_run_is_never_reaped_by_another(project: Project) -> None:
         )
         quick.assert_outcomes(passed=1)
         assert "built by" in summary(quick)
+        assert slow.poll() is None, "the slow run ended before the check: it proves nothing"
         assert before <= set(project.server_names())  # the live run's clones and template are all there
         output, _ = slow.communicate(timeout=120)
     finally:
