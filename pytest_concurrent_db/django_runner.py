@@ -37,12 +37,9 @@ from pathlib import Path
 from typing import Any
 
 from django.core.management import CommandError
-from django.test.runner import DiscoverRunner, ParallelTestSuite
-from django.test.runner import _run_subsuite as _django_run_subsuite
+from django.test.runner import DiscoverRunner
 from django.test.runner import parallel_type as _django_parallel_type
 
-from .backends import Backend
-from .clones import make_clone
 from .django_common import (
     CodeKeys,
     Pointer,
@@ -52,18 +49,17 @@ from .django_common import (
     classify,
     django_populator,
     misdirected,
-    point,
     serialize,
     server_error,
     url_and_base,
 )
+from .django_parallel import ConcurrentParallelTestSuite, Findings, WorkerPlan, _Planned
 from .errors import ConcurrentDBError, ConfigError
 from .naming import new_run_id
 from .options import option
 from .paths import Directories
 from .settings import Settings, resolve_one
 from .site import Site
-from .template import Template
 from .timings import write_timings
 from .worker import WorkerDatabases
 
@@ -81,8 +77,6 @@ RUNNER_OPTIONS = (
     "timings",
 )
 ALTERNATIVE = "run the tests without ConcurrentTestRunner (Django's own runner: remove TEST_RUNNER or --testrunner)"
-#: The event a worker adds to its test events after each TestCase class: (name, index, findings).
-_CHECK_EVENT = "concurrentDbCheck"
 _MAX_THREADS = 8
 
 
@@ -120,28 +114,6 @@ def parallel_type(value: str) -> int | str:
     if value == "auto":
         return int(os.environ.get("DJANGO_TEST_PROCESSES") or multiprocessing.cpu_count())
     return _django_parallel_type(value)  # type: ignore[no-any-return]
-
-
-# -- what the worker processes are told ----------------------------------------------------------
-@dataclass(frozen=True)
-class _Planned:
-    """One test database, as the workers see it: its aliases and each worker's clone."""
-
-    aliases: tuple[str, ...]
-    mirrors: tuple[str, ...]
-    clones: tuple[str, ...]  # by worker index - 1
-    targets: tuple[str, ...]  # the NAME Django connects to (SQLite: the file)
-    template: Template  # without its populators: for a replacement worker's own clone
-
-
-@dataclass(frozen=True)
-class WorkerPlan:
-    """The pool initializer's argument (in place of Django's initial settings): the clones,
-    and the parent's connection settings for spawned workers."""
-
-    run_id: str
-    databases: tuple[_Planned, ...]
-    settings: Mapping[str, Any] | None = None
 
 
 # -- the parent: templates, clones, checks, drops --------------------------------------------------
@@ -286,7 +258,7 @@ class _Session:
             planned.append(_Planned(tuple(d.aliases), tuple(d.mirrors), clones, tuple(d.targets), stripped))
         return WorkerPlan(self.run_id, tuple(planned))
 
-    def record(self, index: int, checks: list[tuple[float, list[tuple[str, str]]]]) -> None:
+    def record(self, index: int, checks: Findings) -> None:
         """What worker ``index`` found after a TestCase class (one entry per test database)."""
         self.ran_in_workers = True
         for database, (seconds, found) in zip(self.databases, checks):
@@ -372,16 +344,22 @@ class _Session:
                     database.workers[0].sweep_run()
         dropped = sum(len(w.stats.dropped) for d in self.databases for w in d.workers)
         if kept:
-            url = self.databases[0].builder.site.label
             self.runner.log(
                 f"concurrent-db: kept {len(kept)} clones (--keepdb): {', '.join(kept)}; "
-                f"python -m pytest_concurrent_db prune --url {url} --yes drops them"
+                f"{_prune_command(self.databases[0].builder.site)} drops them"
             )
         elif dropped:
             self.runner.log(f"concurrent-db: dropped {dropped} clones", logging.DEBUG)
 
     def reports(self) -> list[Any]:
         return [r.stats for d in self.databases for r in (d.builder, *d.workers)]
+
+
+def _prune_command(site: Site) -> str:
+    """The command line that drops this project's kept clones (and dead leftovers)."""
+    if site.url.backend == "sqlite":
+        return f"python -m pytest_concurrent_db prune --dir {site.directories.templates} --yes"
+    return f"python -m pytest_concurrent_db prune --url {site.url.with_database(site.base)} --yes"
 
 
 @contextlib.contextmanager
@@ -418,142 +396,6 @@ def _terminate_as_exit() -> Iterator[None]:
         yield
     finally:
         signal.signal(signal.SIGTERM, previous)
-
-
-# -- the worker processes ------------------------------------------------------------------------
-@dataclass
-class _Worker:
-    """This worker process: its index, its clones, and a backend per test database (for the
-    isolation check; replacement workers' own clones are held there)."""
-
-    index: int
-    plan: WorkerPlan
-    clones: list[str]
-    targets: list[str]
-    backends: list[Backend]
-
-    @classmethod
-    def start(cls, plan: WorkerPlan, index: int) -> _Worker:
-        clones, targets, backends = [], [], []
-        for database in plan.databases:
-            worker_id = f"gw{index - 1}"
-            backend = database.template.site.open_backend(plan.run_id, worker_id)
-            if index <= len(database.clones):
-                clones.append(database.clones[index - 1])
-                targets.append(database.targets[index - 1])
-            else:  # a worker that died was replaced: this one makes a clone of its own
-                name, _ = make_clone(backend, database.template, run_id=plan.run_id, worker_id=worker_id)
-                clones.append(name)
-                targets.append(backend.location(name))
-            backends.append(backend)
-            for alias in database.aliases:
-                point(alias, targets[-1], test_name=True)
-            for alias in database.mirrors:
-                point(alias, targets[-1], test_name=False)
-        return cls(index, plan, clones, targets, backends)
-
-    def check(self) -> tuple[str, int, list[tuple[float, list[tuple[str, str]]]]]:
-        """The aliases still on this worker's clones (and live connections on them)."""
-        from django.db import connections
-
-        out = []
-        for database, clone, target, backend in zip(self.plan.databases, self.clones, self.targets, self.backends):
-            started = time.perf_counter()
-            found = misdirected(database.aliases + database.mirrors, target)
-            raw = connections[database.aliases[0]].connection
-            if raw is not None:
-                try:
-                    current = backend.current_database(raw)
-                except Exception as exc:  # a broken connection cannot prove anything
-                    found.append(("error", f"the check failed on the connection ({type(exc).__name__}: {exc})"))
-                else:
-                    if current != clone:
-                        found.append(("error", f"the connection is on {current!r}, not on this worker's clone"))
-            out.append((time.perf_counter() - started, found))
-        return (_CHECK_EVENT, self.index, out)
-
-
-_WORKER: _Worker | None = None
-
-
-def _init_worker(  # noqa: PLR0917 (the signature of Django's _init_worker)
-    counter: Any,
-    initial_settings: Any = None,
-    serialized_contents: Any = None,
-    process_setup: Any = None,
-    process_setup_args: Any = None,
-    debug_mode: Any = None,
-    used_aliases: Any = None,
-) -> None:
-    """Django's ``_init_worker`` for every start method: set Django up (spawn, forkserver),
-    then point this worker's aliases at its own clones.  ``initial_settings`` is our
-    :class:`WorkerPlan`."""
-    global _WORKER  # noqa: PLW0603 (one per worker process, as Django's own _worker_id)
-    with counter.get_lock():
-        counter.value += 1
-        index = counter.value
-    signal.signal(signal.SIGINT, signal.SIG_IGN)  # Ctrl-C is the parent's: it stops the pool, drops the clones
-    _die_with_parent()
-    plan: WorkerPlan = initial_settings
-    if multiprocessing.get_start_method() != "fork":
-        import django
-        from django.db import connections
-        from django.test.utils import setup_test_environment
-
-        if callable(process_setup):
-            process_setup(*(process_setup_args or ()))
-        django.setup()
-        setup_test_environment(debug=debug_mode)
-        for alias, settings_dict in (plan.settings or {}).items():
-            connections[alias].settings_dict.update(settings_dict)
-            if value := (serialized_contents or {}).get(alias):
-                connections[alias]._test_serialized_contents = value
-    _WORKER = _Worker.start(plan, index)
-
-
-def _run_subsuite(args: Any) -> tuple[int, list[Any]]:
-    """Django's ``_run_subsuite``, then this worker's isolation check as one more event."""
-    index, events = _django_run_subsuite(args)
-    if _WORKER is not None:
-        events.append(_WORKER.check())
-    return index, events
-
-
-def _die_with_parent() -> None:
-    """Linux: this worker ends when the process that started it dies (a killed run leaves no
-    worker behind on its clones)."""
-    if not sys.platform.startswith("linux"):
-        return
-    with contextlib.suppress(OSError, AttributeError):
-        import ctypes
-
-        ctypes.CDLL(None).prctl(1, signal.SIGTERM)  # PR_SET_PDEATHSIG
-
-
-class ConcurrentParallelTestSuite(ParallelTestSuite):  # type: ignore[misc]
-    """Django's parallel suite with our worker initializer and per-class isolation check."""
-
-    init_worker = _init_worker
-    run_subsuite = _run_subsuite
-    session: _Session | None = None
-
-    def initialize_suite(self) -> None:
-        from django.db import connections
-
-        assert self.session is not None
-        plan = self.session.plan()
-        if multiprocessing.get_start_method() != "fork":  # Django does this for spawn only
-            plan = replace(plan, settings={alias: connections[alias].settings_dict for alias in connections})
-            contents = {alias: getattr(connections[alias], "_test_serialized_contents", None) for alias in connections}
-            self.serialized_contents = {a: c for a, c in contents.items() if a in self.serialized_aliases and c}
-        self.initial_settings = plan
-
-    def handle_event(self, result: Any, tests: Any, event: Any) -> None:
-        if event[0] == _CHECK_EVENT:
-            if self.session is not None:
-                self.session.record(event[1], event[2])
-            return
-        super().handle_event(result, tests, event)
 
 
 # -- the runner ----------------------------------------------------------------------------------
