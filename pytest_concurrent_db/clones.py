@@ -39,6 +39,39 @@ class ConcurrentDatabase:
         """A new DB-API connection to this database (the caller closes it)."""
         return connect_url(self.url, **kwargs)
 
+    @property
+    def sqlalchemy_url(self) -> str:
+        """The URL for SQLAlchemy's ``create_engine``, with the installed driver
+        (``postgresql+psycopg://``, ``mysql+pymysql://``, ``sqlite:///``); it has the password."""
+        from .sqla.urls import sqlalchemy_url
+
+        return sqlalchemy_url(self.url)
+
+    def transaction(self, isolation_level: str | None = None, read_only: bool = False) -> Any:
+        """A context manager: a new connection in one transaction, committed at the end of the
+        block, rolled back if it raises, then closed.  ``isolation_level``: ``READ
+        UNCOMMITTED``, ``READ COMMITTED``, ``REPEATABLE READ`` or ``SERIALIZABLE`` where the
+        backend really runs it (else a ConfigError); ``read_only`` refuses writes."""
+        from .transactions import transaction
+
+        return transaction(self, isolation_level, read_only)
+
+    def thread_connection(self) -> Any:
+        """The calling thread's own connection to this database, made on first use and kept
+        until :meth:`close_thread_connections` (the plugin calls it after every test)."""
+        from .transactions import thread_connections
+
+        registry = thread_connections(self)
+        assert registry is not None
+        return registry.get()
+
+    def close_thread_connections(self) -> int:
+        """Close the connections :meth:`thread_connection` made, of every thread; returns how many."""
+        from .transactions import thread_connections
+
+        registry = thread_connections(self, create=False)
+        return registry.close_all() if registry is not None else 0
+
 
 def handle(backend: Backend, template: Template, name: str, run_id: str, worker_id: str) -> ConcurrentDatabase:
     """The user's handle of clone ``name``."""

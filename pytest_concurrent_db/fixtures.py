@@ -12,6 +12,7 @@ from .clones import ConcurrentDatabase
 from .errors import ConcurrentDBError
 from .options import names
 from .state import WorkerConnection, get_state
+from .transactions import TransactionOptions, begin, transaction_options
 
 __all__ = [
     "ConcurrentDBIsolationWarning",
@@ -115,7 +116,41 @@ def report_isolation(where: str, errors: list[str], warns: list[str]) -> None:
 
 
 @pytest.fixture
-def concurrent_db_transaction(concurrent_db_connection: Any) -> Iterator[Any]:
-    """The worker's connection inside a transaction that is rolled back after the test."""
+def concurrent_db_transaction(
+    request: pytest.FixtureRequest, concurrent_db: ConcurrentDatabase, concurrent_db_connection: Any
+) -> Iterator[Any]:
+    """The worker's connection inside a transaction that is rolled back after the test.
+
+    ``@pytest.mark.concurrent_db(isolation_level="SERIALIZABLE", read_only=True)`` sets the
+    transaction's isolation level and read-only mode (an error where the backend lacks it).
+    """
+    options = marker_options(request, concurrent_db.backend)
+    if not options.default:
+        concurrent_db_connection.rollback()  # the options apply from the start of a transaction
+    undo = begin(concurrent_db.backend, concurrent_db_connection, options)
     yield concurrent_db_connection
     concurrent_db_connection.rollback()
+    undo()
+
+
+def marker_options(request: pytest.FixtureRequest, backend: str) -> TransactionOptions:
+    """The test's ``@pytest.mark.concurrent_db(isolation_level=..., read_only=...)``, checked
+    for ``backend`` (a bad value fails the test with one line)."""
+    __tracebackhide__ = True
+    marker = request.node.get_closest_marker("concurrent_db")
+    if marker is None:
+        return TransactionOptions()
+    unknown = sorted(set(marker.kwargs) - {"isolation_level", "read_only"}) or (["positional"] if marker.args else [])
+    error = ""
+    if unknown:
+        error = (
+            f"concurrent-db: @pytest.mark.concurrent_db takes isolation_level= and read_only= only, "
+            f"not {', '.join(unknown)}"
+        )
+    else:
+        try:
+            level, read_only = marker.kwargs.get("isolation_level"), marker.kwargs.get("read_only", False)
+            return transaction_options(backend, level, read_only)
+        except ConcurrentDBError as exc:
+            error = str(exc)
+    pytest.fail(error, pytrace=False)

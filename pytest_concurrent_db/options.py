@@ -19,7 +19,7 @@ class Option:
     """One setting: its names in every source, its type, default and help."""
 
     name: str
-    kind: str  # "bool" | "str" | "int" | "float" | "paths" | "choice" | "spares" (int or "auto")
+    kind: str  # "bool" | "str" | "int" | "float" | "path" | "paths" | "choice" | "spares" (int or "auto")
     default: Any
     help: str
     choices: tuple[str, ...] = ()
@@ -99,6 +99,46 @@ OPTIONS: tuple[Option, ...] = (
         "Isolation check after each test: strict (errors, plus leaked-row counts), "
         "default (sharing is an error, leftovers a warning), warn, off",
         choices=ISOLATION_MODES,
+    ),
+    # -- SQLAlchemy and Alembic ---------------------------------------------------------
+    Option(
+        "alembic_ini",
+        "path",
+        None,
+        "alembic.ini whose 'upgrade head' builds the template (relative to the ini file)",
+        metavar="FILE",
+    ),
+    Option(
+        "alembic_env",
+        "str",
+        "",
+        "Environment variables pointed at the template while env.py runs: VAR (the SQLAlchemy URL) "
+        "or VAR={database} ({url}, {database}, {host}, {port}, {user}, {password}), space separated",
+        metavar="VARS",
+    ),
+    Option(
+        "metadata",
+        "str",
+        "",
+        "SQLAlchemy MetaData (or DeclarativeBase subclass) whose create_all builds the template: module:attribute",
+        metavar="PATH",
+    ),
+    Option(
+        "seed",
+        "paths",
+        (),
+        "CSV/JSON files (glob patterns allowed) loaded into the template after the schema; table = file name",
+        metavar="FILE",
+    ),
+    Option("pool_min", "int", 1, "Connections concurrent_db_engine opens up front (default: 1)", metavar="N"),
+    Option("pool_max", "int", 5, "Most connections concurrent_db_engine keeps open (default: 5)", metavar="N"),
+    Option(
+        "sqlalchemy_bind",
+        "str",
+        "",
+        "The application's engines and sessionmakers (module:attribute, space separated) rebound to the "
+        "worker's database for the session",
+        metavar="PATHS",
     ),
 )
 _BY_NAME = {option.name: option for option in OPTIONS}

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import importlib.util
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -110,6 +112,15 @@ def pytest_configure(config: pytest.Config) -> None:
             check_url_for_xdist(settings.url, _runs_xdist(config))
         except ConfigError as exc:
             raise pytest.UsageError(str(exc)) from None
+    config.addinivalue_line(
+        "markers",
+        "concurrent_db(isolation_level=None, read_only=False): the transaction of concurrent_db_session and "
+        "concurrent_db_transaction: READ UNCOMMITTED, READ COMMITTED, REPEATABLE READ or SERIALIZABLE; read-only",
+    )
+    if settings.enabled and importlib.util.find_spec("sqlalchemy") is not None:
+        from .sqla import fixtures as sqlalchemy_fixtures
+
+        config.pluginmanager.register(sqlalchemy_fixtures, "concurrent_db_sqlalchemy")
     if _has_plugin(config, "xdist", "xdist.plugin"):
         config.pluginmanager.register(_XdistHooks(state), "concurrent_db_xdist")
     if settings.enabled and _has_plugin(config, "django", "pytest_django.plugin"):  # after it: our fixtures win
@@ -176,6 +187,16 @@ def pytest_sessionstart(session: pytest.Session) -> None:
         state.close()
         state.databases = None
         raise pytest.UsageError(str(exc)) from None
+
+
+@pytest.hookimpl(hookwrapper=True)
+def pytest_runtest_teardown(item: pytest.Item) -> Iterator[None]:
+    """After the test's fixtures: close the connections ``concurrent_db.thread_connection()``
+    gave its threads (also of threads still running or dead)."""
+    yield
+    state = item.config.stash.get(STATE_KEY, None)
+    if state is not None and state.database is not None:
+        state.database.close_thread_connections()
 
 
 @pytest.hookimpl(trylast=True)

@@ -45,6 +45,13 @@ class Settings:
     clone_strategy: str = "auto"
     spares: int | str = "auto"
     isolation: str = "default"
+    alembic_ini: Path | None = None
+    alembic_env: str = ""
+    metadata: str = ""
+    seed: tuple[Path, ...] = ()
+    pool_min: int = 1
+    pool_max: int = 5
+    sqlalchemy_bind: str = ""
     sources: Mapping[str, str] = field(default_factory=dict, compare=False)
 
     @property
@@ -60,6 +67,13 @@ class Settings:
         ]
         if self.schema:
             parts.append(f"schema={' '.join(p.name for p in self.schema)} [{self.sources.get('schema')}]")
+        if self.alembic_ini is not None:
+            parts.append(f"alembic-ini={self.alembic_ini} [{self.sources.get('alembic_ini')}]")
+        for name in ("metadata", "sqlalchemy_bind", "alembic_env"):
+            if getattr(self, name):
+                parts.append(f"{name.replace('_', '-')}={getattr(self, name)} [{self.sources.get(name)}]")
+        if self.seed:
+            parts.append(f"seed={' '.join(p.name for p in self.seed)} [{self.sources.get('seed')}]")
         for name in ("keep", "rebuild"):
             if getattr(self, name):
                 parts.append(f"{name} [{self.sources.get(name)}]")
@@ -165,6 +179,15 @@ def _convert(option: Option, value: Any, source: str, base: Path) -> Any:
                 f"fix {option.names()}"
             )
         return text
+    if option.kind == "path":
+        path = Path(str(value).strip())
+        path = path if path.is_absolute() else base / path
+        if not path.is_file():
+            raise ConfigError(
+                f"{option.name.replace('_', '.')} file {str(path)!r} (from {source}) does not exist; "
+                f"fix the path in {option.names()}"
+            )
+        return path
     if option.kind == "paths":
         try:
             items = _split_paths(value)
@@ -172,11 +195,11 @@ def _convert(option: Option, value: Any, source: str, base: Path) -> Any:
             raise ConfigError(
                 f"{source} is not a valid list of files ({exc}); fix {option.names()}"
             ) from None
-        paths = tuple(p if p.is_absolute() else base / p for p in items)
+        paths = _expand(tuple(p if p.is_absolute() else base / p for p in items))
         for path in paths:
             if not path.is_file():
                 raise ConfigError(
-                    f"schema file {str(path)!r} (from {source}) does not exist; "
+                    f"{option.name} file {str(path)!r} (from {source}) does not exist; "
                     f"fix the path in {option.names()}"
                 )
         return paths
@@ -202,6 +225,19 @@ def _flag_or_path(option: Option, value: Any, source: str, base: Path) -> bool |
         )
     path = Path(text)
     return path if path.is_absolute() else base / path
+
+
+def _expand(paths: tuple[Path, ...]) -> tuple[Path, ...]:
+    """Glob patterns (``data/*.csv``) as the files they match, in name order; a pattern that
+    matches nothing stays as it is (and is reported missing)."""
+    out: list[Path] = []
+    for path in paths:
+        if any(char in str(path) for char in "*?["):
+            found = sorted(p for p in path.parent.glob(path.name) if p.is_file())
+            out.extend(found or [path])
+        else:
+            out.append(path)
+    return tuple(out)
 
 
 def _split_paths(value: Any) -> list[Path]:

@@ -16,6 +16,7 @@ from .paths import Directories
 from .report import WorkerReport
 from .settings import Settings
 from .site import Site
+from .sources import populators_from
 from .template import Populator, callable_populator, schema_populator
 from .url import DatabaseURL
 from .worker import WorkerDatabases
@@ -94,6 +95,7 @@ class PluginState:
 
     def populators(self, fixture_populate: Callable[[Any], None] | None) -> list[Populator]:
         out = [schema_populator(path) for path in self.settings.schema]
+        out += populators_from(self.settings)  # Alembic, SQLAlchemy metadata, seed files
         hook = self.config.hook.pytest_concurrent_db_populate_template
         impls = hook.get_hookimpls()
         if impls:
@@ -132,6 +134,8 @@ class PluginState:
 
     def teardown(self) -> None:
         """Drop this process's clones (unless ``--concurrent-db-keep``)."""
+        if self.database is not None:
+            self.database.close_thread_connections()
         for databases in self.all_databases():
             if self.settings.keep:
                 databases.keep_clone()

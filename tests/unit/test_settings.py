@@ -69,6 +69,20 @@ NAMES = [
     ),
     ("spares", "spares", "--concurrent-db-spares", "concurrent_db_spares", "CONCURRENT_DB_SPARES"),
     ("isolation", "choice", "--concurrent-db-isolation", "concurrent_db_isolation", "CONCURRENT_DB_ISOLATION"),
+    # SQLAlchemy and Alembic
+    ("alembic_ini", "path", "--concurrent-db-alembic-ini", "concurrent_db_alembic_ini", "CONCURRENT_DB_ALEMBIC_INI"),
+    ("alembic_env", "str", "--concurrent-db-alembic-env", "concurrent_db_alembic_env", "CONCURRENT_DB_ALEMBIC_ENV"),
+    ("metadata", "str", "--concurrent-db-metadata", "concurrent_db_metadata", "CONCURRENT_DB_METADATA"),
+    ("seed", "paths", "--concurrent-db-seed", "concurrent_db_seed", "CONCURRENT_DB_SEED"),
+    ("pool_min", "int", "--concurrent-db-pool-min", "concurrent_db_pool_min", "CONCURRENT_DB_POOL_MIN"),
+    ("pool_max", "int", "--concurrent-db-pool-max", "concurrent_db_pool_max", "CONCURRENT_DB_POOL_MAX"),
+    (
+        "sqlalchemy_bind",
+        "str",
+        "--concurrent-db-sqlalchemy-bind",
+        "concurrent_db_sqlalchemy_bind",
+        "CONCURRENT_DB_SQLALCHEMY_BIND",
+    ),
 ]
 
 
@@ -121,7 +135,32 @@ def test_resolve_reads_the_literal_names() -> None:
         "clone_strategy": "default",
         "spares": "default",
         "isolation": "ini concurrent_db_isolation",
+        **dict.fromkeys(SQLALCHEMY_OPTIONS, "default"),
     }
+
+
+SQLALCHEMY_OPTIONS = ("alembic_ini", "alembic_env", "metadata", "seed", "pool_min", "pool_max", "sqlalchemy_bind")
+
+
+def test_alembic_ini_is_relative_to_the_ini_file_and_must_exist(tmp_path: Path) -> None:
+    (tmp_path / "alembic.ini").write_text("[alembic]\n")
+    assert run(ini={"alembic_ini": "alembic.ini"}, ini_dir=tmp_path).alembic_ini == tmp_path / "alembic.ini"
+    message = config_error(env={"alembic_ini": "missing.ini"}, cwd=tmp_path)
+    assert message == (
+        f"concurrent-db: alembic.ini file '{tmp_path / 'missing.ini'}' (from env CONCURRENT_DB_ALEMBIC_INI) "
+        "does not exist; fix the path in --concurrent-db-alembic-ini (ini concurrent_db_alembic_ini, "
+        "env CONCURRENT_DB_ALEMBIC_INI)"
+    )
+
+
+def test_seed_globs_expand_in_name_order(tmp_path: Path) -> None:
+    data = tmp_path / "data"
+    data.mkdir()
+    for name in ("b.csv", "a.csv", "c.json"):
+        (data / name).write_text("")
+    settings = run(env={"seed": "data/*.csv data/c.json"}, cwd=tmp_path)
+    assert [p.name for p in settings.seed] == ["a.csv", "b.csv", "c.json"]
+    assert "seed file" in config_error(env={"seed": "data/*.txt"}, cwd=tmp_path)
 
 
 def test_resolve_defaults_to_os_environ(monkeypatch: pytest.MonkeyPatch) -> None:
