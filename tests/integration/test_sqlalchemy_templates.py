@@ -61,6 +61,7 @@ def test_template_from_metadata_is_rebuilt_when_the_models_change(project: Proje
     assert "built by gw" in summary(changed)
 
 
+@pytest.mark.parametrize("backend_url", ["sqlite"], indirect=True)
 def test_metadata_path_that_does_not_resolve_is_one_line(project: Project) -> None:
     project.pytester.makepyfile(models=textwrap.dedent(MODELS))
     project.write(schema="", tests=METADATA_TESTS, ini="concurrent_db_metadata = models:Bsae\npythonpath = .\n")
@@ -274,6 +275,7 @@ def test_env_py_reading_database_url_is_pointed_at_the_template(
     assert project.clones() == []
 
 
+@pytest.mark.parametrize("backend_url", ["sqlite", "mysql"], indirect=True)
 def test_env_py_that_migrates_another_database_fails_and_leaves_nothing(
     project: Project, results_dir: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
