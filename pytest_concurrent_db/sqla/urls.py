@@ -86,6 +86,7 @@ def make_engine(url: str, backend: str, *, pool_min: int = 1, pool_max: int = 5,
     _check_pool(pool_min, pool_max)
     if backend == "sqlite":
         kwargs.setdefault("connect_args", {}).setdefault("check_same_thread", False)
+        kwargs["connect_args"].setdefault("timeout", 30)
     engine = sqlalchemy.create_engine(
         url, poolclass=sqlalchemy.pool.QueuePool, pool_size=pool_max, max_overflow=0, **kwargs
     )
@@ -108,7 +109,8 @@ def _check_pool(pool_min: int, pool_max: int) -> None:
 
 
 def sqlite_savepoints(engine: Any) -> None:
-    """SQLAlchemy's recipe for pysqlite: let SQLAlchemy, not the driver, begin transactions."""
+    """SQLAlchemy's recipe for pysqlite: let SQLAlchemy, not the driver, begin transactions
+    (deferred, as the driver would: a session that only reads never blocks writers)."""
     from sqlalchemy import event
 
     @event.listens_for(engine, "connect")
