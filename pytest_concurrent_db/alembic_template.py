@@ -38,11 +38,58 @@ _ENV_READ = re.compile(r"""(?:environ(?:\.get)?\s*[\[(]|getenv\s*\()\s*['"]([A-Z
 
 
 class AlembicProject:
-    """An ``alembic.ini`` and the scripts it names, read without importing anything."""
+    """An ``alembic.ini`` and the scripts it names, read as files: neither Alembic nor env.py
+    is imported until a template is built."""
 
     def __init__(self, ini: Path) -> None:
         self.ini = ini.resolve()
         self.directory = self.ini.parent
+        try:
+            self.options = self._main_options()
+        except ConfigError:
+            raise
+        except Exception as exc:  # configparser's errors
+            raise ConfigError(
+                f"alembic.ini {str(ini)!r} is not usable ({type(exc).__name__}: {_one_line(str(exc))}); "
+                f"fix the file or {names('alembic_ini')}"
+            ) from None
+        script_dir, locations = self._locations()
+        self.env_py = (script_dir / "env.py").resolve()
+        if not self.env_py.is_file():
+            raise ConfigError(
+                f"alembic.ini {str(ini)!r}: its script_location {str(script_dir)!r} has no env.py; "
+                f"fix script_location or {names('alembic_ini')}"
+            )
+        self.revisions = sorted(
+            path.resolve()
+            for location in locations
+            for path in location.rglob("*.py")
+            if "__pycache__" not in path.parts
+        )
+
+    def _locations(self) -> tuple[Path, list[Path]]:
+        """The script directory and the revision directories, as Alembic finds them (paths are
+        relative to the ini file's directory, where Alembic runs); a package resource
+        (``myapp:migrations``) is resolved by Alembic itself, which is imported only then."""
+        location = self.resolved["script_location"]
+        if ":" in location and not Path(location).is_absolute():
+            return self._alembic_locations()
+        script_dir = self.directory / location
+        versions = self.resolved.get("version_locations", "")
+        separators = {"space": " ", "newline": "\n", "os": os.pathsep, ":": ":", ";": ";"}
+        separator = separators.get(self.resolved.get("version_path_separator", ""))
+        parts = [p for p in (versions.split(separator) if separator else versions.split()) if p.strip()]
+        locations = [self.directory / p.strip() for p in parts] or [script_dir / "versions"]
+        return script_dir, locations
+
+    def _alembic_locations(self) -> tuple[Path, list[Path]]:
+        script = self.script
+        return Path(script.dir), [Path(p) for p in script._version_locations]
+
+    @property
+    def script(self) -> Any:
+        """Alembic's ``ScriptDirectory`` (imports Alembic; the revision files only when asked for
+        their heads)."""
         try:
             from alembic.config import Config
             from alembic.script import ScriptDirectory
@@ -53,27 +100,12 @@ class AlembicProject:
             ) from None
         try:
             with working_directory(self.directory):
-                self.options = self._main_options()
-                self.script = ScriptDirectory.from_config(Config(str(self.ini)))
-        except ConfigError:
-            raise
-        except Exception as exc:  # configparser's errors, Alembic's CommandError
+                return ScriptDirectory.from_config(Config(str(self.ini)))
+        except Exception as exc:  # Alembic's CommandError: a missing directory
             raise ConfigError(
-                f"alembic.ini {str(ini)!r} is not usable ({type(exc).__name__}: {_one_line(str(exc))}); "
+                f"alembic.ini {str(self.ini)!r} is not usable ({type(exc).__name__}: {_one_line(str(exc))}); "
                 f"fix the file or {names('alembic_ini')}"
             ) from None
-        self.env_py = Path(self.script.dir, "env.py").resolve()
-        if not self.env_py.is_file():
-            raise ConfigError(
-                f"alembic.ini {str(ini)!r}: its script_location {self.script.dir!r} has no env.py; "
-                f"fix script_location or {names('alembic_ini')}"
-            )
-        self.revisions = sorted(
-            path.resolve()
-            for location in self.script._version_locations
-            for path in Path(location).rglob("*.py")
-            if "__pycache__" not in path.parts
-        )
 
     def _main_options(self) -> dict[str, str]:
         import configparser
@@ -86,6 +118,9 @@ class AlembicProject:
                 f"alembic.ini {str(self.ini)!r} has no script_location in an [alembic] section; "
                 f"add it, or fix {names('alembic_ini')}"
             )
+        #: with %(here)s and other interpolations done, for the paths
+        paths = ("script_location", "version_locations", "version_path_separator")
+        self.resolved = {key: parser.get("alembic", key) for key in paths if parser.has_option("alembic", key)}
         return {key: value for key, value in parser.items("alembic", raw=True) if key != "sqlalchemy.url"}
 
     def key(self) -> str:

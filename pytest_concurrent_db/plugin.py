@@ -121,6 +121,10 @@ def pytest_configure(config: pytest.Config) -> None:
         from .sqla import fixtures as sqlalchemy_fixtures
 
         config.pluginmanager.register(sqlalchemy_fixtures, "concurrent_db_sqlalchemy")
+        if importlib.util.find_spec("greenlet") is not None:  # SQLAlchemy's asyncio extension needs it
+            from .sqla import async_fixtures
+
+            config.pluginmanager.register(async_fixtures, "concurrent_db_sqlalchemy_async")
     if _has_plugin(config, "xdist", "xdist.plugin"):
         config.pluginmanager.register(_XdistHooks(state), "concurrent_db_xdist")
     if settings.enabled and _has_plugin(config, "django", "pytest_django.plugin"):  # after it: our fixtures win
