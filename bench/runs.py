@@ -171,7 +171,7 @@ def _env(backend: str, variant: Variant, project: Path, timing: Path) -> dict[st
 def command(variant: Variant) -> list[str]:
     if variant.runner == "manage":
         return [sys.executable, "manage.py", "test", "--parallel", str(variant.workers), "--pattern", "djtests.py",
-                "--noinput", "-v", "1"]
+                "--noinput", "-v", "1", *variant.args]
     plugins = ["-p", "xdist.plugin", "-p", "pytest_django.plugin"]
     if "--concurrent-db" in variant.args:
         plugins += ["-p", "pytest_concurrent_db.plugin"]

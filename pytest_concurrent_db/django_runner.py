@@ -166,6 +166,8 @@ class _Session:
         for database in self.databases:
             self._template_and_clones(database, keys)
         self._wait_for_clones()
+        for database in self.databases:  # it holds no lock now: its connection is not needed during the tests
+            database.builder.close()
         by_alias = {alias: database for database in self.databases for alias in database.aliases}
         for alias, primary in mirrors.items():
             if primary in by_alias:  # a mirror of a database not set up keeps its settings
@@ -282,7 +284,7 @@ class _Session:
         settings, close everything."""
         from django.db import connections
 
-        with _shielded():
+        with _handling(signal.SIGINT, signal.SIG_IGN):  # a second Ctrl-C waits for the drops
             try:
                 for database in self.databases:  # a failed setup may have copies in flight
                     for future in database.futures:
@@ -363,42 +365,28 @@ def _prune_command(site: Site) -> str:
 
 
 @contextlib.contextmanager
-def _shielded() -> Iterator[None]:
-    """Ctrl-C waits while the clones are dropped (main thread only)."""
+def _handling(signum: int, handler: Any, *, over_default_only: bool = False) -> Iterator[None]:
+    """``handler`` for ``signum`` while the block runs, then the previous one (main thread
+    only; ``over_default_only``: not where the program set a handler of its own)."""
     try:
-        previous = signal.signal(signal.SIGINT, signal.SIG_IGN)
+        previous = signal.getsignal(signum)
+        installed = not over_default_only or previous is signal.SIG_DFL
+        if installed:
+            signal.signal(signum, handler)
     except ValueError:  # not the main thread
-        yield
-        return
+        installed = False
     try:
         yield
     finally:
-        signal.signal(signal.SIGINT, previous)
+        if installed:
+            signal.signal(signum, previous)
 
 
-@contextlib.contextmanager
-def _terminate_as_exit() -> Iterator[None]:
-    """SIGTERM (CI cancelling the job) ends the run like Ctrl-C: through the teardown."""
-
-    def handler(signum: int, frame: Any) -> None:
-        raise SystemExit(128 + signum)
-
-    try:
-        previous = signal.getsignal(signal.SIGTERM)
-        if previous is not signal.SIG_DFL:
-            yield
-            return
-        signal.signal(signal.SIGTERM, handler)
-    except ValueError:  # not the main thread
-        yield
-        return
-    try:
-        yield
-    finally:
-        signal.signal(signal.SIGTERM, previous)
+def _exit_on_signal(signum: int, frame: Any) -> None:
+    """SIGTERM (CI cancelling a job) ends the run like Ctrl-C does: through the teardown."""
+    raise SystemExit(128 + signum)
 
 
-# -- the runner ----------------------------------------------------------------------------------
 class ConcurrentTestRunner(DiscoverRunner):  # type: ignore[misc]
     """Django's ``DiscoverRunner`` on templates built once and cloned per worker in parallel."""
 
@@ -437,7 +425,7 @@ class ConcurrentTestRunner(DiscoverRunner):  # type: ignore[misc]
                  for name in RUNNER_OPTIONS]  # fmt: skip
         self.log(f"concurrent-db: run {session.run_id}, {session.count} clones; {', '.join(parts)}", logging.DEBUG)
         self._exits = contextlib.ExitStack()
-        self._exits.enter_context(_terminate_as_exit())
+        self._exits.enter_context(_handling(signal.SIGTERM, _exit_on_signal, over_default_only=True))
         try:
             session.setup(kwargs.get("aliases") or {}, kwargs.get("serialized_aliases"))
         except BaseException as exc:

@@ -183,40 +183,25 @@ def ensure_template(
     print_ = fingerprint(backend, populators, extra)
     hashing = time.perf_counter() - started
     name = template_name(site.base, print_)
+
+    def made(build: str, **timing: Any) -> Template:
+        return Template(
+            name, print_, build, site, fingerprint_seconds=hashing, populators=tuple(populators), extra=tuple(extra),
+            **timing,
+        )  # fmt: skip
+
     found = _usable(backend.get_marker(name), print_, rebuild, run_id)
     if found is not None:
-        return Template(
-            name, print_, found, site, fingerprint_seconds=hashing, populators=tuple(populators), extra=tuple(extra)
-        )
+        return made(found)
     started = time.perf_counter()
     with template_lock(backend, site, name, run_id, worker_id):
         waited = time.perf_counter() - started
         found = _usable(backend.get_marker(name), print_, rebuild, run_id)
         if found is not None:
-            return Template(
-                name,
-                print_,
-                found,
-                site,
-                lock_wait_seconds=waited,
-                fingerprint_seconds=hashing,
-                populators=tuple(populators),
-                extra=tuple(extra),
-            )
+            return made(found, lock_wait_seconds=waited)
         begun = time.perf_counter()
         build = _build(backend, site, name, print_, populators, run_id=run_id, worker_id=worker_id)
-        template = Template(
-            name,
-            print_,
-            build,
-            site,
-            built=True,
-            build_seconds=time.perf_counter() - begun,
-            lock_wait_seconds=waited,
-            fingerprint_seconds=hashing,
-            populators=tuple(populators),
-            extra=tuple(extra),
-        )
+        template = made(build, built=True, build_seconds=time.perf_counter() - begun, lock_wait_seconds=waited)
         if on_built is not None:
             on_built(template)
     return template

@@ -173,6 +173,9 @@ if os.environ.get("SHOP_START_METHOD"):
     multiprocessing.set_start_method(os.environ["SHOP_START_METHOD"], force=True)
 if os.environ.get("SHOP_ENGINE"):
     DATABASES["default"]["ENGINE"] = os.environ["SHOP_ENGINE"]
+if os.environ.get("SHOP_SQLITE_TEST_FILES"):  # file test databases instead of Django's in-memory default
+    for _alias in ("default", "analytics"):
+        DATABASES[_alias]["TEST"] = {**DATABASES[_alias].get("TEST", {}), "NAME": BASE_DIR / f"test_{_alias}.sqlite3"}
 CONCURRENT_DB = json.loads(os.environ.get("SHOP_CONCURRENT_DB") or "{}")
 """
 
@@ -328,6 +331,14 @@ def sqlite_project(tmp_path: Path) -> RunnerProject:
 
 
 @pytest.fixture
+def sqlite_file_project(tmp_path: Path) -> RunnerProject:
+    """SQLite with file test databases (``TEST["NAME"]``), which are only names: never created."""
+    project = RunnerProject(tmp_path, None)
+    project.env["SHOP_SQLITE_TEST_FILES"] = "1"
+    return project
+
+
+@pytest.fixture
 def postgresql_project(tmp_path: Path, postgresql_url: DatabaseURL) -> Any:
     project = RunnerProject(tmp_path, postgresql_url)
     yield project
@@ -380,6 +391,7 @@ def mysql_foreign_keys(url: DatabaseURL, database: str) -> int:
         pytest.param("postgresql", "fork", marks=pytest.mark.postgresql),
         pytest.param("mysql", "fork", marks=pytest.mark.mysql),
         ("sqlite", "spawn"),
+        ("sqlite_file", "spawn"),
         pytest.param("postgresql", "spawn", marks=pytest.mark.postgresql),
         ("sqlite", "forkserver"),
         pytest.param("mysql", "forkserver", marks=pytest.mark.mysql),
@@ -429,6 +441,7 @@ def test_migrates_once_then_never(request: pytest.FixtureRequest, backend: str, 
         assert phases["clone per worker"]["n"] == phases["drop"]["n"] == 2
     assert "concurrent-db timings" in second.stdout
     assert len(pids) >= 1
+    assert not list(project.path.glob("test_*.sqlite3"))  # a file test database only names the templates
 
 
 def test_pytest_and_manage_py_share_the_template(sqlite_project: RunnerProject) -> None:
