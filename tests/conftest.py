@@ -7,6 +7,7 @@ skipped with the reason, unless ``CONCURRENT_DB_REQUIRE_BACKENDS=1`` (CI), where
 
 from __future__ import annotations
 
+import importlib
 import os
 from collections.abc import Iterator
 from pathlib import Path
@@ -57,6 +58,17 @@ def worker_databases(
     root = Path(lock_dir)
     directories = Directories(templates=Path(template_dir or root), clones=Path(clone_dir or root), locks=root)
     return WorkerDatabases(Site(url, directories, base=base or ""), run_id=run_id, worker_id=worker_id, spares=spares)
+
+
+def require_module(name: str) -> Any:
+    """Import ``name`` for a test module; skipped with the reason when it is missing, failed on CI
+    (``CONCURRENT_DB_REQUIRE_BACKENDS``), where every extra of the test suite must be installed."""
+    try:
+        return importlib.import_module(name)
+    except ImportError as exc:
+        if REQUIRE_BACKENDS:
+            pytest.fail(f"{name} is not installed ({exc}); CONCURRENT_DB_REQUIRE_BACKENDS is set", pytrace=False)
+        pytest.skip(f"{name} is not installed", allow_module_level=True)
 
 
 def _probe(url: str) -> str | None:

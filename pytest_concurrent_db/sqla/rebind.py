@@ -88,16 +88,19 @@ def _as_path(path: str) -> str:
 
 def _kind(value: Any, path: str) -> str:
     from sqlalchemy.engine import Engine
-    from sqlalchemy.ext.asyncio import AsyncEngine, async_sessionmaker
     from sqlalchemy.orm import scoped_session, sessionmaker
 
+    try:  # SQLAlchemy's asyncio extension needs greenlet: without it there are no async objects
+        from sqlalchemy.ext.asyncio import AsyncEngine, async_sessionmaker
+    except ImportError:
+        AsyncEngine = async_sessionmaker = None  # type: ignore[assignment,misc]
     if isinstance(value, Engine):
         return "engine"
-    if isinstance(value, AsyncEngine):
+    if AsyncEngine is not None and isinstance(value, AsyncEngine):
         return "async engine"
     if isinstance(value, sessionmaker):
         return "sessionmaker"
-    if isinstance(value, async_sessionmaker):
+    if async_sessionmaker is not None and isinstance(value, async_sessionmaker):
         return "async sessionmaker"
     if isinstance(value, scoped_session):
         return "scoped_session"

@@ -5,9 +5,11 @@ from __future__ import annotations
 
 import pytest
 
+from tests.conftest import require_module
+
 from .conftest import Project
 
-pytest.importorskip("sqlalchemy")
+require_module("sqlalchemy")
 
 #: SQL reading the current transaction's isolation level back from the server
 LEVEL = {

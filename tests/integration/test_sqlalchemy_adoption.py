@@ -9,9 +9,11 @@ from pathlib import Path
 
 import pytest
 
+from tests.conftest import require_module
+
 from .conftest import Project
 
-pytest.importorskip("sqlalchemy")
+require_module("sqlalchemy")
 
 APP = {
     "app/__init__.py": "",

@@ -2,12 +2,12 @@
 
 from __future__ import annotations
 
-import pytest
+from tests.conftest import require_module
 
 from .conftest import Project
 
-pytest.importorskip("anyio")
-pytest.importorskip("greenlet")
+require_module("anyio")
+require_module("greenlet")
 
 CONFTEST = """
     import pytest

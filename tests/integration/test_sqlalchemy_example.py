@@ -6,11 +6,11 @@ from __future__ import annotations
 import shutil
 from pathlib import Path
 
-import pytest
+from tests.conftest import require_module
 
 from .conftest import Project, summary
 
-pytest.importorskip("alembic")
+require_module("alembic")
 
 EXAMPLE = Path(__file__).resolve().parents[2] / "examples" / "sqlalchemy_alembic"
 

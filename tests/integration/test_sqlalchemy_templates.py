@@ -7,9 +7,11 @@ from pathlib import Path
 
 import pytest
 
+from tests.conftest import require_module
+
 from .conftest import Project, summary
 
-pytest.importorskip("alembic")
+require_module("alembic")
 
 MODELS = """
     from sqlalchemy import ForeignKey, String
