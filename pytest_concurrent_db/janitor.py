@@ -2,16 +2,19 @@
 
 The decisions (what is dead, what is doomed, what a prune may drop) are pure functions
 over markers and :class:`Entry` lists, unit-tested without a server.  :class:`Janitor`
-gathers the facts (markers, which liveness locks are free) from a backend, asks those
-functions, and drops what they name, never a database whose owner's lock is held and
-never one without our marker (the backends refuse those).
+gathers the facts (markers, which liveness locks are free, when the server started) from a
+backend, asks those functions, and drops what they name, never a database whose owner's
+lock is held, never one whose owner may be alive after a server restart
+(:func:`presumed_alive`) and never one without our marker (the backends refuse those).
 """
 
 from __future__ import annotations
 
+import os
+import socket
 import time
 from collections.abc import Callable, Iterable, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 from .backends import Backend, DatabaseInfo, Marker
 from .errors import ConcurrentDBError, LockTimeoutError, NotOursError, PrivilegeError
@@ -19,7 +22,55 @@ from .markers import build_id, forget_intent, intent_files, lock_key
 from .naming import PREFIX
 from .site import Site
 
-__all__ = ["Entry", "Janitor", "entries", "prune_plan", "ready_builds", "reapable", "sweepable"]
+__all__ = [
+    "CLOCK_SKEW",
+    "RESTART_GRACE",
+    "Entry",
+    "Janitor",
+    "ServerStart",
+    "entries",
+    "presumed_alive",
+    "prune_plan",
+    "ready_builds",
+    "reapable",
+    "sweepable",
+]
+
+#: How long after the server started a database made before that start, whose owner is on
+#: another machine, is presumed alive although its liveness lock is free (seconds).  The
+#: restart ended every session and its locks; a live owner's control connection notices
+#: within :attr:`~.backends.base.ControlConnection.heartbeat` seconds of the server being up
+#: and takes its locks back, after which the lock speaks for it again.
+RESTART_GRACE = 60.0
+#: How far the clocks of the server and of the machines that mark databases may disagree (seconds).
+CLOCK_SKEW = 5.0
+
+
+def pid_alive(pid: int) -> bool:
+    """Whether process ``pid`` of this machine is running (a zombie is not)."""
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:  # another user's
+        return True
+    try:
+        with open(f"/proc/{pid}/stat", encoding="ascii", errors="replace") as stat:
+            return stat.read().rpartition(")")[2].split()[0] != "Z"
+    except (OSError, IndexError):  # no /proc (not Linux), or gone meanwhile
+        return True
+
+
+@dataclass(frozen=True)
+class ServerStart:
+    """The facts that judge a free liveness lock that may have died with a server restart:
+    when the server last started (its clock; None: no server, e.g. SQLite), the time now,
+    this machine's name, and how to tell whether one of its processes is alive."""
+
+    started: float | None
+    now: float = field(default_factory=time.time)
+    host: str = field(default_factory=socket.gethostname)
+    pid_alive: Callable[[int], bool] = field(default=pid_alive, repr=False, compare=False)
 
 
 @dataclass(frozen=True)
@@ -39,10 +90,31 @@ class Entry:
 
 
 # -- decisions: pure functions ------------------------------------------------------------
-def sweepable(marker: Marker, run_id: str) -> bool:
+def presumed_alive(marker: Marker, start: ServerStart | None) -> bool:
+    """Whether the owner of a database marked ``marker`` may be alive although its liveness
+    lock is free: the server restarted after the database was made (every session lock
+    died with it) and
+
+    * its owner is on this machine (``host``) and its process (``pid``) runs: alive for as
+      long as it runs, whatever the time since the restart;
+    * its owner is elsewhere (or unknown): for :data:`RESTART_GRACE` seconds after the start,
+      the time a live owner needs to take its locks back.
+
+    A database made after the start (:data:`CLOCK_SKEW` allowed) had its lock taken on this
+    server: a free lock means its owner is gone.  No server (``started`` None), no restart."""
+    if start is None or start.started is None:
+        return False
+    if marker.created > start.started + CLOCK_SKEW:
+        return False
+    if marker.host and marker.host == start.host and marker.pid > 0:
+        return start.pid_alive(marker.pid)
+    return start.now - start.started < RESTART_GRACE
+
+
+def sweepable(marker: Marker, run_id: str, start: ServerStart | None = None) -> bool:
     """Left by a crashed worker of run ``run_id``: its clones (unless kept) and the spares it
-    was still making."""
-    if marker.run_id != run_id:
+    was still making; none whose owner is :func:`presumed_alive` after a restart (``start``)."""
+    if marker.run_id != run_id or presumed_alive(marker, start):
         return False
     return (marker.kind == "clone" and marker.state != "kept") or (
         marker.kind == "spare" and marker.state == "building"
@@ -58,10 +130,16 @@ def ready_builds(infos: Iterable[DatabaseInfo]) -> set[tuple[str, str]]:
     }
 
 
-def reapable(marker: Marker, run_id: str, builds: set[tuple[str, str]]) -> bool:
+def reapable(
+    marker: Marker, run_id: str, builds: set[tuple[str, str]], start: ServerStart | None = None
+) -> bool:
     """Left by a dead run, seen from run ``run_id``: clones of other runs (unless kept),
     unfinished templates, and spares that are unfinished or whose build of their template
-    (``builds``, from :func:`ready_builds`) is gone."""
+    (``builds``, from :func:`ready_builds`) is gone; none whose owner is
+    :func:`presumed_alive` after a restart (``start``).  (The caller drops only those whose
+    liveness lock it can take.)"""
+    if presumed_alive(marker, start):
+        return False
     if marker.kind == "clone":
         return marker.run_id != run_id and marker.state != "kept"
     if marker.kind == "template":
@@ -156,14 +234,20 @@ class Janitor:
         server session for a little while."""
         self.adopt_orphans(wait=wait)
         infos = self.backend.list_databases(PREFIX, sizes=False)
-        return self._drop_dead(infos, lambda m: sweepable(m, self.run_id), skip=own, wait=wait)
+        start = self.server_start()
+        return self._drop_dead(infos, lambda m: sweepable(m, self.run_id, start), skip=own, wait=wait)
 
     def reap_dead(self) -> list[str]:
         """Drop what dead runs left: clones of other runs, unfinished templates, stale spares."""
         self.adopt_orphans()
         infos = self.backend.list_databases(PREFIX, sizes=False)
         builds = ready_builds(infos)
-        return self._drop_dead(infos, lambda m: reapable(m, self.run_id, builds))
+        start = self.server_start()
+        return self._drop_dead(infos, lambda m: reapable(m, self.run_id, builds, start))
+
+    def server_start(self) -> ServerStart:
+        """The facts :func:`presumed_alive` needs, now."""
+        return ServerStart(self.backend.server_started())
 
     def inventory(
         self, prefix: str = PREFIX, *, own: str | None = None, current_template: str | None = None
@@ -171,14 +255,16 @@ class Janitor:
         """Every database of ours on the server whose name starts with ``prefix``, with
         whether its owner is alive (``own``: this process's clone, alive by definition)."""
         infos = [i for i in self.backend.list_databases(prefix) if i.marker is not None]
+        start = self.server_start()
         live_clones = set()
         live_builds = set()
         for info in infos:
-            assert info.marker is not None
-            if info.marker.kind in ("clone", "spare"):  # a spare is live while it is being made
-                if info.name == own or self._is_live(f"clone:{info.name}"):
+            marker = info.marker
+            assert marker is not None
+            if marker.kind in ("clone", "spare"):  # a spare is live while it is being made
+                if info.name == own or self._is_live(f"clone:{info.name}", marker, start):
                     live_clones.add(info.name)
-            elif info.marker.state != "ready" and self._is_live(f"template:{info.name}"):
+            elif marker.state != "ready" and self._is_live(f"template:{info.name}", marker, start):
                 live_builds.add(info.name)
         return entries(infos, live_clones=live_clones, live_builds=live_builds, current_template=current_template)
 
@@ -215,7 +301,11 @@ class Janitor:
         if not self.backend.records_intents:
             return []
         adopted = []
+        start: ServerStart | None = None
         for name, marker in intent_files(self.site, PREFIX):
+            start = start or self.server_start()
+            if presumed_alive(marker, start):
+                continue  # its creator runs on: the lock it takes back must be free for it
             # the lock is free once the creator's session has ended, and with it its CREATE DATABASE
             key = lock_key(marker.kind, name)
             if not self._take(key, wait if marker.run_id == self.run_id else 0.0):
@@ -266,7 +356,12 @@ class Janitor:
             return False
         return True
 
-    def _is_live(self, key: str) -> bool:
+    def _is_live(self, key: str, marker: Marker, start: ServerStart) -> bool:
+        """Whether the owner of a database marked ``marker`` lives: its lock ``key`` is held,
+        or it is :func:`presumed_alive` after a restart (then the lock is not even tried: its
+        owner may be taking it back right now)."""
+        if presumed_alive(marker, start):
+            return True
         if self.backend.try_lock(key):
             self.backend.release_lock(key)
             return False

@@ -10,6 +10,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from .backends import Backend, load_backend
+from .backends.base import SERVER_WAIT
 from .naming import PREFIX, sanitize
 from .paths import Directories
 from .url import DatabaseURL
@@ -62,8 +63,10 @@ class Site:
         server = f"{self.url.backend}://{self.url.host or ''}:{self.url.port or ''}"
         return hashlib.sha256(server.encode()).hexdigest()[:12] + "-"
 
-    def open_backend(self, run_id: str, worker_id: str, purpose: str = "") -> Backend:
-        """A backend (its own control connection, opened on first use) for this site."""
+    def open_backend(self, run_id: str, worker_id: str, purpose: str = "", *, wait: bool = False) -> Backend:
+        """A backend (its own control connection, opened on first use) for this site; ``wait``:
+        it waits for a server that is not up, up to the lock timeout (at most
+        :data:`~.backends.base.SERVER_WAIT`): a run's processes do."""
         suffix = f" {purpose}" if purpose else ""
         return load_backend(
             self.url,
@@ -71,4 +74,5 @@ class Site:
             template_dir=self.directories.templates,
             clone_dir=self.directories.clones,
             strategy=None if self.clone_strategy == "auto" else self.clone_strategy,
+            connect_wait=min(self.lock_timeout, SERVER_WAIT) if wait else 0.0,
         )

@@ -25,7 +25,7 @@ from filelock import FileLock, Timeout
 
 from . import __version__
 from .backends import Backend, Marker
-from .errors import ConfigError, LockTimeoutError
+from .errors import ConcurrentDBError, ConfigError, LockTimeoutError
 from .markers import build_id, create_marked, new_marker, ready
 from .naming import template_name
 from .site import Site
@@ -226,27 +226,56 @@ def _build(
     run_id: str,
     worker_id: str,
 ) -> str:
-    """Build template ``name``; returns its build id."""
-    if backend.exists(name):  # stale, unfinished or forced rebuild
-        backend.drop(name)
-    marker = new_marker("template", run_id, worker_id, name, fingerprint=print_, state="building")
-    create_marked(site, backend, name, marker, lambda: backend.create(name, marker))
-    try:
-        connection = backend.connect(name)
-        try:
-            tune_build_session(backend, connection)
-            for populator in populators:
-                populator.apply(backend, connection, name)
-            connection.commit()
-        finally:
-            connection.close()
-        done = ready(marker)
-        backend.set_marker(name, done)
-    except BaseException:
-        with contextlib.suppress(Exception):  # the original error matters more; leftovers are reaped
+    """Build template ``name``; returns its build id.
+
+    A server restart during the build ends its sessions: once the server is up again (the
+    control connection waits for it) and while this process holds the template lock (taken
+    back with the control connection), the build starts over, until the lock timeout.  A
+    build cut short is never marked ready, and is dropped."""
+
+    def once() -> str:
+        if backend.exists(name):  # stale, unfinished or forced rebuild
             backend.drop(name)
-        raise
-    return build_id(done)
+        marker = new_marker("template", run_id, worker_id, name, fingerprint=print_, state="building")
+        create_marked(site, backend, name, marker, lambda: backend.create(name, marker))
+        try:
+            connection = backend.connect(name)
+            try:
+                tune_build_session(backend, connection)
+                for populator in populators:
+                    populator.apply(backend, connection, name)
+                connection.commit()
+            finally:
+                connection.close()
+            done = ready(marker)
+            backend.set_marker(name, done)
+        except BaseException:
+            with contextlib.suppress(Exception):  # the original error matters more; leftovers are reaped
+                backend.drop(name)
+            raise
+        return build_id(done)
+
+    deadline = time.monotonic() + site.lock_timeout
+    while True:
+        started = backend.server_started()
+        try:
+            return once()
+        except Exception:
+            if time.monotonic() >= deadline or not _restarted(backend, started):
+                raise
+            if not backend.try_lock(f"template:{name}"):
+                raise  # another process took the lock meanwhile: it builds
+
+
+def _restarted(backend: Backend, before: float | None) -> bool:
+    """Whether the server started again since ``before`` (its start time then)."""
+    if before is None:
+        return False
+    try:
+        now = backend.server_started()
+    except ConcurrentDBError:  # still down after the wait: the original error says enough
+        return False
+    return now is not None and now > before + 1.0  # MySQL's start time is to the second
 
 
 def tune_build_session(backend: Backend, connection: Any) -> None:

@@ -33,7 +33,7 @@ class WorkerDatabases:
         self.run_id = run_id
         self.worker_id = worker_id
         self.spares = spares
-        self.backend: Backend = site.open_backend(run_id, worker_id)
+        self.backend: Backend = site.open_backend(run_id, worker_id, wait=True)
         self.janitor = Janitor(self.backend, site, run_id)
         self.stats = WorkerReport(worker_id=worker_id, backend=site.url.backend, url=site.label)
         self.template: Template | None = None

@@ -40,10 +40,13 @@ def load_backend(
     clone_dir: Path | None = None,
     application_name: str = "pytest-concurrent-db",
     strategy: str | None = None,
+    connect_wait: float = 0.0,
 ) -> Backend:
     """The backend for ``url``.  Nothing is connected until first use.
 
-    ``template_dir``/``clone_dir`` are where SQLite keeps templates and clones.
+    ``template_dir``/``clone_dir`` are where SQLite keeps templates and clones;
+    ``connect_wait``: how long a server backend waits for a server that is not up
+    (refuses connections, starts up or shuts down) when it opens its control connection.
     """
     require_driver(url.backend)
     if url.backend == "sqlite":
@@ -55,10 +58,14 @@ def load_backend(
     if url.backend == "postgresql":
         from .postgresql import PostgreSQLBackend
 
-        return PostgreSQLBackend(url, application_name=application_name, strategy=strategy)
+        postgresql = PostgreSQLBackend(url, application_name=application_name, strategy=strategy)
+        postgresql.connect_wait = connect_wait
+        return postgresql
     from .mysql import MySQLBackend
 
-    return MySQLBackend(url, application_name=application_name)
+    mysql = MySQLBackend(url, application_name=application_name)
+    mysql.connect_wait = connect_wait
+    return mysql
 
 
 def connect_url(url: str | DatabaseURL, **kwargs: Any) -> Any:

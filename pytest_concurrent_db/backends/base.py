@@ -16,14 +16,27 @@ from __future__ import annotations
 
 import contextlib
 import json
+import threading
 import time
+import weakref
 from collections.abc import Callable, Iterable
 from dataclasses import asdict, dataclass, field
 from typing import Any, ClassVar, Generic, Literal, Protocol, TypeVar
 
-from ..errors import PREFIX, ConcurrentDBError
+from ..errors import PREFIX, BackendUnavailableError, ConcurrentDBError
+from ..options import names
 
-__all__ = ["MARKER_TAG", "Backend", "ControlConnection", "DatabaseInfo", "Marker", "clean_up_after"]
+__all__ = [
+    "MARKER_TAG",
+    "SERVER_WAIT",
+    "Backend",
+    "ControlConnection",
+    "DatabaseInfo",
+    "Marker",
+    "ServerNotUpError",
+    "clean_up_after",
+    "when_up",
+]
 
 Conn = TypeVar("Conn")
 Result = TypeVar("Result")
@@ -32,6 +45,20 @@ MARKER_TAG = "pytest-concurrent-db:v1 "
 
 Kind = Literal["template", "clone", "spare"]
 State = Literal["building", "ready", "kept"]
+
+
+#: The longest a run's process waits for a server that is not up (seconds; a shorter lock timeout
+#: wins): long enough for a database container to start or a server to restart or fail over, short
+#: enough that a server nobody started is reported within a minute.
+SERVER_WAIT = 30.0
+
+
+class ServerNotUpError(BackendUnavailableError):
+    """The server refused the connection, or said it is starting up, shutting down or
+    recovering: it may come up (a restart, a container still starting), so a control
+    connection tries again for :attr:`ControlConnection.connect_wait` seconds.  Not for
+    errors that waiting does not mend (a wrong password, an unknown host or database, no
+    free connection slot)."""
 
 
 @dataclass(frozen=True)
@@ -102,6 +129,14 @@ class Backend(Protocol):
 
     def server_version(self) -> str:
         """e.g. ``"PostgreSQL 15.20"``; part of the template fingerprint."""
+        ...
+
+    def server_started(self) -> float | None:
+        """When the server last started, in seconds since the epoch by its own clock (PostgreSQL
+        ``pg_postmaster_start_time()``, MySQL ``NOW()`` less ``Uptime``: to the second); None
+        when there is no server (SQLite).  Every session lock dies with a restart: the janitor
+        judges the free lock of a database made before the start with it
+        (:func:`pytest_concurrent_db.janitor.presumed_alive`)."""
         ...
 
     def preflight(self) -> None:
@@ -276,6 +311,26 @@ def retake_locks(
         raise
 
 
+def when_up(connect: Callable[[], Result], wait: float) -> Result:
+    """``connect()``; while it raises :class:`ServerNotUpError`, once more until ``wait`` seconds
+    have passed (then the error says how long it waited)."""
+    deadline = time.monotonic() + wait
+    delay = 0.1
+    while True:
+        try:
+            return connect()
+        except ServerNotUpError as exc:
+            left = deadline - time.monotonic()
+            if left <= 0:
+                if wait <= 0:
+                    raise
+                bound = f"the lock timeout, {SERVER_WAIT:g}s at most: {names('lock_timeout')}"
+                waited = f"waited {wait:g}s for it ({bound})"
+                raise ServerNotUpError(f"{exc.describe()}; {waited}") from None
+        time.sleep(min(delay, left))
+        delay = min(delay * 2, 1.0)
+
+
 def clean_up_after(error: BaseException, cleanup: Callable[[], object], what: str) -> Exception | None:
     """Run ``cleanup``, made necessary by ``error`` (e.g. drop a half-made clone); the cleanup's
     exception if it failed, else None.
@@ -308,13 +363,31 @@ class ControlConnection(Generic[Conn]):
     connection (:meth:`_open_control`, :meth:`_is_open`, :meth:`_session_of`,
     :meth:`_close_quietly`), which errors mean the server ended it (:meth:`_ended`), and its
     lock SQL (:meth:`_retake`, :meth:`_unlock`, :meth:`_holder`).
+
+    While it holds locks, a background thread checks the session every :attr:`heartbeat`
+    seconds, so that after a server restart the locks are taken back within seconds of the
+    server being up, not at the owner's next statement (which may come only at the end of a
+    long test); meanwhile other runs presume the owner alive
+    (:func:`pytest_concurrent_db.janitor.presumed_alive`).  A mutex keeps that thread and the
+    owner's statements apart.
     """
 
     #: How long a new control session waits for the lost one's server process (or thread) to
     #: end and free our locks (seconds).
     old_session_wait: ClassVar[float] = 5.0
+    #: How long opening a connection waits for a server that is not up (:class:`ServerNotUpError`):
+    #: the control connection, the first time and after a lost one, and the users' connections
+    #: (seconds; the site's lock timeout for the processes of a run,
+    #: :meth:`pytest_concurrent_db.site.Site.open_backend`).
+    connect_wait: float = 0.0
+    #: Seconds between two checks of the control session while locks are held (0: none).
+    heartbeat: float = 2.0
 
     def __init__(self) -> None:
+        self._mutex = threading.RLock()
+        self._stop_heartbeat: threading.Event | None = None
+        #: a wait for the server ended in vain, and no connection opened since
+        self._waited_in_vain = False
         self._conn: Conn | None = None
         #: the server's id of the control session (a connection the server ended may not tell)
         self._session_id = 0
@@ -366,29 +439,32 @@ class ControlConnection(Generic[Conn]):
         """The control session and the ways it may end, for the message of a lost lock."""
         raise NotImplementedError
 
+    def _ping(self, conn: Conn) -> None:
+        """One cheap statement on ``conn`` (``SELECT 1``)."""
+        raise NotImplementedError
+
     def _release_all(self, conn: Conn) -> None:
         """Release every lock on ``conn`` before it is closed; by default the close does."""
 
     # -- shared -------------------------------------------------------------------------------
     def _control(self) -> Conn:
         """The control connection; a new one (taking our locks again) if it is closed."""
-        if self._conn is None or not self._is_open(self._conn):
-            self._reconnect()
-        assert self._conn is not None
-        return self._conn
+        with self._mutex:
+            if self._conn is None or not self._is_open(self._conn):
+                self._reconnect(self.connect_wait)
+            assert self._conn is not None
+            return self._conn
 
-    def _reconnect(self) -> None:
-        """Open the control connection; after a lost one, take its locks again."""
-        held, self._held = sorted(self._held), set()
+    def _reconnect(self, wait: float) -> None:
+        """Open the control connection (waiting up to ``wait`` seconds for a server that is not
+        up); after a lost one, take its locks again.  If it cannot be opened, the locks are
+        taken again by the next connection that can."""
         old, self._conn = self._conn, None
-        old_session = self._session_id if old is not None else 0
         if old is not None:
             self._close_quietly(old)
-        try:
-            conn = self._open_control()
-        except BaseException:
-            self._lost.update(held)
-            raise
+        conn = self._when_up(self._open_control, wait)
+        held, self._held = sorted(self._held), set()
+        old_session = self._session_id
         self._session_id = self._session_of(conn)
         self._conn = conn
         retake_locks(
@@ -399,31 +475,92 @@ class ControlConnection(Generic[Conn]):
             wait=self.old_session_wait,
         )
 
+    def _when_up(self, connect: Callable[[], Result], wait: float) -> Result:
+        """``connect()``, waiting up to ``wait`` seconds for a server that is not up
+        (:func:`when_up`), unless a wait already ended in vain and nothing connected since: a
+        server that stays down is waited for once, not before every statement."""
+        try:
+            result = when_up(connect, 0.0 if self._waited_in_vain else wait)
+        except ServerNotUpError:
+            self._waited_in_vain = wait > 0
+            raise
+        self._waited_in_vain = False
+        return result
+
     def _on_control(self, run: Callable[[Conn], Result], *, retry: bool = True) -> Result:
         """``run(connection)`` on the control connection; if the server ended that session, once
         more on a new one (``retry``: only for statements that may run twice)."""
-        conn = self._control()
+        with self._mutex:
+            conn = self._control()
+            try:
+                return run(conn)
+            except Exception as exc:
+                if not retry or not self._ended(exc, conn):
+                    raise
+            return run(self._control())
+
+    def _start_heartbeat(self) -> None:
+        """Start the thread that checks the control session (once; it ends with :meth:`close`)."""
+        if self._stop_heartbeat is not None or self.heartbeat <= 0:
+            return
+        stop = self._stop_heartbeat = threading.Event()
+        owner = weakref.ref(self)
+        interval = self.heartbeat
+
+        def beat() -> None:
+            while not stop.wait(interval):
+                backend = owner()
+                if backend is None:
+                    return
+                backend._beat()
+                del backend
+
+        threading.Thread(target=beat, name="pytest-concurrent-db heartbeat", daemon=True).start()
+
+    def _beat(self) -> None:
+        """One check of the control session while locks are held: if the server ended it, a
+        new one takes the locks back.  Skipped while a statement runs (it checks as much);
+        one attempt to connect (the next beat, or the owner's next statement, tries again)."""
+        if not self._mutex.acquire(blocking=False):
+            return
         try:
-            return run(conn)
-        except Exception as exc:
-            if not retry or not self._ended(exc, conn):
-                raise
-        return run(self._control())
+            conn = self._conn
+            if not self._held:
+                return
+            if conn is None or not self._is_open(conn):
+                self._reconnect(0.0)
+                return
+            try:
+                self._ping(conn)
+            except Exception as exc:
+                if not self._ended(exc, conn):
+                    raise
+                self._reconnect(0.0)
+        except Exception:  # the server is not up yet: tried again
+            pass
+        finally:
+            self._mutex.release()
 
     def _take(self, key: str, take: Callable[[], bool]) -> bool:
         """Lock bookkeeping around ``take()``, one attempt to take ``key`` on the server: a key
         held already is not taken twice (one release frees it), and a key lost earlier is no
         longer reported once we try to take it again."""
-        if key in self._held:
-            return True
-        self._lost.discard(key)
-        if not take():
-            return False
-        self._held.add(key)
+        with self._mutex:
+            if key in self._held:
+                return True
+            self._lost.discard(key)
+            if not take():
+                return False
+            self._held.add(key)
+        self._start_heartbeat()
         return True
 
     def release_lock(self, key: str) -> None:
         """Release ``key``; raise ConcurrentDBError, once, if it was lost with the control session."""
+        with self._mutex:
+            self._release(key)
+
+    def _release(self, key: str) -> None:
         if key in self._lost:
             self._lost.discard(key)
             holder = "another session"
@@ -443,12 +580,16 @@ class ControlConnection(Generic[Conn]):
 
     def close(self) -> None:
         """Close the control connection (releasing its locks) and forget them."""
-        conn, self._conn = self._conn, None
-        held = bool(self._held)
-        self._held.clear()
-        self._lost.clear()
-        if conn is None:
-            return
-        if held and self._is_open(conn):
-            self._release_all(conn)
-        self._close_quietly(conn)
+        if self._stop_heartbeat is not None:
+            self._stop_heartbeat.set()
+            self._stop_heartbeat = None
+        with self._mutex:
+            conn, self._conn = self._conn, None
+            held = bool(self._held)
+            self._held.clear()
+            self._lost.clear()
+            if conn is None:
+                return
+            if held and self._is_open(conn):
+                self._release_all(conn)
+            self._close_quietly(conn)

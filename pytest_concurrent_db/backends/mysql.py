@@ -32,7 +32,7 @@ from ..sqlscript import split_sql
 from ..url import DatabaseURL
 from . import mysql_probes
 from .base import Marker, clean_up_after
-from .mysql_control import connect_params, connect_to, one_line
+from .mysql_control import connect_params, connect_to, connection_lost, one_line
 from .mysql_drop import MySQLDrop
 from .mysql_recipe import capture_recipe, quote_ident, replay_recipe
 from .mysql_registry import REGISTRY, REGISTRY_TABLE, MySQLRegistry
@@ -67,6 +67,11 @@ class MySQLBackend(MySQLRegistry, MySQLDrop):
             flavour = "MariaDB" if "mariadb" in raw.lower() else "MySQL"
             self._version = f"{flavour} {number}"
         return self._version
+
+    def server_started(self) -> float:
+        """``NOW()`` less the ``Uptime`` status (whole seconds: two calls may differ by one)."""
+        uptime = self._query("SHOW GLOBAL STATUS LIKE 'Uptime'")[0][1]
+        return float(self._query("SELECT UNIX_TIMESTAMP()")[0][0]) - float(uptime)
 
     # -- create, mark, clone, drop -------------------------------------------------
     def create(self, name: str, marker: Marker) -> None:
@@ -125,27 +130,36 @@ class MySQLBackend(MySQLRegistry, MySQLDrop):
         return recipe
 
     def clone(self, template: str, name: str, marker: Marker) -> None:
+        """Create ``name`` and replay the template's recipe into it.  If the server ends the
+        replay's connections (a restart, a crash), the half-made clone is dropped and the
+        replay starts over once, when the server is up again (the control connection waits
+        for it); any other failure drops it and its registry row."""
         recipe = self._recipe(template)
         claimed = self._claim(name, marker)
-        try:
-            self._create_database(
-                "CREATE DATABASE "
-                + quote_ident(name)
-                + " CHARACTER SET "
-                + quote_ident(recipe["charset"])
-                + " COLLATE "
-                + quote_ident(recipe["collation"]),
-                name,
-            )
-        except BaseException as exc:
-            if claimed:
-                clean_up_after(exc, lambda: self._unclaim(name, marker), f"the registry row of {name!r} stays")
-            raise
-        try:
-            self._replay(recipe, name)
-        except BaseException as exc:
-            clean_up_after(exc, lambda: self._remove(name, marker), f"the half-made clone {name!r} stays")
-            raise
+        statement = (
+            "CREATE DATABASE "
+            + quote_ident(name)
+            + " CHARACTER SET "
+            + quote_ident(recipe["charset"])
+            + " COLLATE "
+            + quote_ident(recipe["collation"])
+        )
+        for attempt in (1, 2):
+            try:
+                self._create_database(statement, name)
+            except BaseException as exc:
+                if claimed:
+                    clean_up_after(exc, lambda: self._unclaim(name, marker), f"the registry row of {name!r} stays")
+                raise
+            try:
+                self._replay(recipe, name)
+            except BaseException as exc:
+                again = attempt == 1 and connection_lost(exc)
+                undo = (lambda: self._drop_database(name)) if again else (lambda: self._remove(name, marker))
+                if clean_up_after(exc, undo, f"the half-made clone {name!r} stays") is None and again:
+                    continue
+                raise
+            return
 
     def _remove(self, name: str, marker: Marker) -> None:
         """Drop the half-made database ``name``, then its registry row (kept if the drop fails)."""
@@ -198,7 +212,13 @@ class MySQLBackend(MySQLRegistry, MySQLDrop):
 
     # -- connections for users -----------------------------------------------------
     def connect(self, name: str, *, autocommit: bool = False) -> Any:
-        return connect_to(self.url.with_database(name), program_name=self.application_name, autocommit=autocommit)
+        """A new connection to ``name`` (waiting up to :attr:`connect_wait` for a server that is not up)."""
+        url = self.url.with_database(name)
+
+        def connect() -> Any:
+            return connect_to(url, program_name=self.application_name, autocommit=autocommit)
+
+        return self._when_up(connect, self.connect_wait)
 
     def url_for(self, name: str) -> str:
         return self.url.with_database(name).render(hide_password=False)

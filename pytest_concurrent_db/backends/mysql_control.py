@@ -19,16 +19,27 @@ from typing import Any
 from ..errors import BackendUnavailableError, LockTimeoutError
 from ..options import names
 from ..url import DatabaseURL
-from .base import ControlConnection
+from .base import ControlConnection, ServerNotUpError
 
-__all__ = ["MySQLControl", "connect_params", "connect_to", "error_number", "is_mariadb", "one_line", "server_message"]
+__all__ = [
+    "MySQLControl",
+    "connect_params",
+    "connect_to",
+    "connection_lost",
+    "error_number",
+    "is_mariadb",
+    "one_line",
+    "server_message",
+]
 
 _URL_FIX = f"fix {names('url')}"
 
 # MySQL error numbers.
+ER_CON_COUNT_ERROR = 1040  # too many connections
 ER_DBACCESS_DENIED = 1044
 ER_ACCESS_DENIED = 1045
 ER_BAD_DB = 1049
+ER_SERVER_SHUTDOWN = 1053
 ER_DUP_ENTRY = 1062
 ER_NO_SUCH_THREAD = 1094
 ER_KILL_DENIED = 1095
@@ -99,13 +110,25 @@ def unavailable(url: DatabaseURL, exc: BaseException) -> BackendUnavailableError
     if url.password:
         reason = reason.replace(url.password, "***")
     errno = error_number(exc)
+    where = f"cannot connect to MySQL at {url.render()}"
     if errno in AUTH_ERRORS:
         fix = f"check the user and password or {_URL_FIX}"
     elif errno == ER_BAD_DB:
         fix = f"check that database {url.database!r} exists or {_URL_FIX}"
+    elif errno == ER_CON_COUNT_ERROR:
+        return BackendUnavailableError(
+            f"{where}: the server has no free connection slot, its max_connections is reached ({reason}); "
+            "close other clients' connections or raise max_connections"
+        )
+    elif isinstance(getattr(exc, "original_exception", None), (ConnectionRefusedError, FileNotFoundError)):
+        refused = f"{where}: the server refused the connection ({reason})"
+        return ServerNotUpError(f"{refused}; start the server or {_URL_FIX}")
+    elif errno in (ER_SERVER_SHUTDOWN, CR_SERVER_LOST):  # shutting down, or gone during the handshake
+        closed = f"{where}: the server is not accepting connections ({reason})"
+        return ServerNotUpError(f"{closed}; start the server or {_URL_FIX}")
     else:
         fix = f"start the server or {_URL_FIX}"
-    return BackendUnavailableError(f"cannot connect to MySQL at {url.render()}: {reason}; {fix}")
+    return BackendUnavailableError(f"{where}: {reason}; {fix}")
 
 
 def connect_to(url: DatabaseURL, *, shown: DatabaseURL | None = None, **overrides: Any) -> Any:
@@ -117,6 +140,15 @@ def connect_to(url: DatabaseURL, *, shown: DatabaseURL | None = None, **override
         return pymysql.connect(**connect_params(url, **overrides))
     except (pymysql.err.MySQLError, OSError) as exc:  # any failure to connect means "unavailable"
         raise unavailable(shown or url, exc) from None
+
+
+def connection_lost(exc: BaseException) -> bool:
+    """Whether ``exc`` means the server ended the connection (killed, restarted, crashed, gone)."""
+    import pymysql
+
+    if isinstance(exc, pymysql.err.InterfaceError):  # a statement on a connection already closed
+        return True
+    return isinstance(exc, pymysql.err.OperationalError) and error_number(exc) in CONNECTION_LOST
 
 
 def is_mariadb(connection: Any) -> bool:
@@ -163,6 +195,10 @@ class MySQLControl(ControlConnection[Any]):
     def _close_quietly(self, conn: Any) -> None:
         with contextlib.suppress(Exception):  # already broken
             conn.close()
+
+    def _ping(self, conn: Any) -> None:
+        with conn.cursor() as cur:
+            cur.execute("SELECT 1")
 
     def _ended(self, exc: Exception, conn: Any) -> bool:
         """True if ``exc`` means the server ended ``conn`` (then it is closed here too)."""

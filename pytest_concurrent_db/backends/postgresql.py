@@ -74,7 +74,13 @@ class PostgreSQLBackend(PostgreSQLControl):
         self._sizes: dict[str, int] = {}
 
     def connect(self, name: str, *, autocommit: bool = False) -> Any:
-        return connect_to(self.url.with_database(name), application_name=self.application_name, autocommit=autocommit)
+        """A new connection to ``name`` (waiting up to :attr:`connect_wait` for a server that is not up)."""
+        url = self.url.with_database(name)
+
+        def connect() -> Any:
+            return connect_to(url, application_name=self.application_name, autocommit=autocommit)
+
+        return self._when_up(connect, self.connect_wait)
 
     def url_for(self, name: str) -> str:
         return self.url.with_database(name).render(hide_password=False)
@@ -86,6 +92,9 @@ class PostgreSQLBackend(PostgreSQLControl):
     def server_version(self) -> str:
         v = self._control().info.server_version  # 150020; we need 10+ (pg_stat_activity.backend_type)
         return f"PostgreSQL {v // 10000}.{v % 10000}"
+
+    def server_started(self) -> float:
+        return float(self._exec("SELECT extract(epoch FROM pg_postmaster_start_time())::float8")[0][0])
 
     def _grant_fix(self) -> str:
         return f"ALTER ROLE {self._exec('SELECT quote_ident(current_user)')[0][0]} CREATEDB"

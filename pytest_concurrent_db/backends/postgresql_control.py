@@ -15,6 +15,8 @@ from __future__ import annotations
 
 import contextlib
 import functools
+import socket
+import struct
 import time
 from typing import Any
 
@@ -25,7 +27,7 @@ from ..errors import BackendUnavailableError, LockTimeoutError
 from ..naming import lock_key
 from ..options import names
 from ..url import DatabaseURL
-from .base import ControlConnection
+from .base import ControlConnection, ServerNotUpError
 
 __all__ = ["FIX_URL", "PostgreSQLControl", "connect_params", "connect_to", "one_line", "reason_of"]
 
@@ -65,13 +67,70 @@ def connect_params(url: DatabaseURL, **overrides: Any) -> dict[str, Any]:
 
 
 def unavailable(url: DatabaseURL, exc: Exception) -> BackendUnavailableError:
-    """The error for a failed connection to ``url``: one line, without the password."""
+    """The error for a failed connection to ``url``: one line, without the password, with the
+    fix; a :class:`~.base.ServerNotUpError` when the server refused the connection or is
+    starting up, shutting down or recovering."""
     reason = one_line(str(exc))
     if url.password:
         reason = reason.replace(url.password, "***")
-    return BackendUnavailableError(
-        f"cannot connect to PostgreSQL at {url.render()}: {reason}; start the server or {FIX_URL}"
-    )
+    where = f"cannot connect to PostgreSQL at {url.render()}"
+    answer = startup_answer(url)
+    if answer == _TOO_MANY_CONNECTIONS:
+        return BackendUnavailableError(
+            f"{where}: the server has no free connection slot, its max_connections is reached ({reason}); "
+            "close other clients' connections or raise max_connections"
+        )
+    if answer in (_REFUSED, _CANNOT_CONNECT_NOW):
+        what = "refused the connection" if answer == _REFUSED else "is not accepting connections yet"
+        return ServerNotUpError(f"{where}: the server {what} ({reason}); start the server or {FIX_URL}")
+    return BackendUnavailableError(f"{where}: {reason}; start the server or {FIX_URL}")
+
+
+_REFUSED = "refused"
+_TOO_MANY_CONNECTIONS = "53300"
+_CANNOT_CONNECT_NOW = "57P03"  # starting up, shutting down, in recovery
+
+
+def startup_answer(url: DatabaseURL) -> str | None:
+    """How the server of ``url`` answers a new connection, when libpq cannot say it in a typed
+    way (psycopg has no SQLSTATE for a failed connection): ``"refused"`` if nothing listens at
+    the address (or no socket file is there), the SQLSTATE of the error it sends right after our
+    startup message (``53300`` no free connection slot, ``57P03`` starting up), None otherwise
+    (it wants to authenticate us, it cannot be reached at all, or it speaks SSL only)."""
+    params = connect_params(url)
+    host = str(params.get("host") or "/var/run/postgresql").split(",")[0]
+    port = int(str(params.get("port") or 5432).split(",")[0])
+    user = str(params.get("user") or "postgres")
+    body = b"user\0" + user.encode() + b"\0database\0" + str(params.get("dbname") or user).encode() + b"\0\0"
+    startup = struct.pack("!ii", len(body) + 8, 196608) + body  # protocol 3.0
+    try:
+        if host.startswith("/"):
+            sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+            sock.settimeout(3.0)
+            sock.connect(f"{host}/.s.PGSQL.{port}")
+        else:
+            sock = socket.create_connection((host, port), timeout=3.0)
+    except (ConnectionRefusedError, FileNotFoundError):
+        return _REFUSED
+    except OSError:
+        return None
+    try:
+        with sock:
+            sock.sendall(startup)
+            data = b""
+            while len(data) < 5 or len(data) < 1 + struct.unpack("!i", data[1:5])[0]:
+                chunk = sock.recv(4096)
+                if not chunk:
+                    break
+                data += chunk
+    except OSError:
+        return None
+    if data[:1] != b"E":
+        return None
+    for field in data[5:].split(b"\0"):
+        if field[:1] == b"C":
+            return field[1:].decode("ascii", "replace")
+    return None
 
 
 def connect_to(url: DatabaseURL, **overrides: Any) -> psycopg.Connection[Any]:
@@ -132,6 +191,9 @@ class PostgreSQLControl(ControlConnection[psycopg.Connection[Any]]):
     def _close_quietly(self, conn: psycopg.Connection[Any]) -> None:
         with contextlib.suppress(psycopg.Error):
             conn.close()
+
+    def _ping(self, conn: psycopg.Connection[Any]) -> None:
+        conn.execute("SELECT 1")
 
     def _ended(self, exc: Exception, conn: psycopg.Connection[Any]) -> bool:
         return isinstance(exc, psycopg.OperationalError) and conn.closed

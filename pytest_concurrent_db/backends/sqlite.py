@@ -104,6 +104,10 @@ class SQLiteBackend:
     def server_version(self) -> str:
         return f"SQLite {sqlite3.sqlite_version}"
 
+    def server_started(self) -> float | None:
+        """None: there is no server, and file locks die only with their process."""
+        return None
+
     def preflight(self) -> None:
         for directory in (self.template_dir, self.clone_dir):
             try:

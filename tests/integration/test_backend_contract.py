@@ -11,6 +11,7 @@ from __future__ import annotations
 import inspect
 import secrets
 import sqlite3
+import time
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -283,3 +284,30 @@ def test_clone_method_says_how_clones_are_made(backend: Backend, prefix: str) ->
             assert method == "CREATE DATABASE TEMPLATE"
     else:
         assert method == {"sqlite": "sqlite3 backup API", "mysql": "DDL replay + INSERT ... SELECT"}[backend.name]
+
+
+def test_server_started_is_the_servers_start(backend: Backend, backend_url: DatabaseURL) -> None:
+    """When the server last started (its clock, seconds since the epoch): before now, stable from
+    one call to the next (MySQL's ``Uptime`` counts whole seconds), the same as the server's own
+    answer; SQLite has no server."""
+    started = backend.server_started()
+    if backend.name == "sqlite":
+        assert started is None
+        return
+    assert started is not None
+    assert started <= time.time() + 5  # the server's clock against ours
+    assert abs(backend.server_started() - started) <= 1.0  # type: ignore[operator]
+    conn = connect_url(backend_url.with_database("postgres" if backend.name == "postgresql" else ""))
+    try:
+        cur = conn.cursor()
+        if backend.name == "postgresql":
+            cur.execute("SELECT extract(epoch FROM pg_postmaster_start_time())::float8")
+            assert cur.fetchone()[0] == pytest.approx(started)
+        else:
+            cur.execute(
+                "SELECT UNIX_TIMESTAMP() - VARIABLE_VALUE FROM information_schema.GLOBAL_STATUS"
+                " WHERE VARIABLE_NAME = 'UPTIME'"
+            )
+            assert float(cur.fetchone()[0]) == pytest.approx(started, abs=1.0)
+    finally:
+        conn.close()

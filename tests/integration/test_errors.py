@@ -95,8 +95,11 @@ def test_missing_driver_names_the_extra(pytester: pytest.Pytester, monkeypatch: 
 def test_unreachable_server(pytester: pytest.Pytester, scheme: str) -> None:
     pytester.makepyfile(PASSING_TEST)
     url = f"{scheme}://user:s3cr3t@127.0.0.1:1/app"
-    result = pytester.runpytest_subprocess("-n", "2", "--concurrent-db", "--concurrent-db-url", url)
-    _assert_clean_usage_error(result, "cannot connect", "127.0.0.1:1")
+    # a server that refuses connections is waited for, up to the lock timeout (at most 30 s)
+    result = pytester.runpytest_subprocess(
+        "-n", "2", "--concurrent-db", "--concurrent-db-url", url, "--concurrent-db-lock-timeout", "1"
+    )
+    _assert_clean_usage_error(result, "cannot connect", "127.0.0.1:1", "refused the connection", "waited 1s")
     assert "s3cr3t" not in result.stdout.str() + result.stderr.str()
 
 

@@ -143,6 +143,8 @@ def victim_and_before(backend_url: DatabaseURL) -> Iterator[tuple[Backend, str, 
     app = f"pytest-concurrent-db faults {token}"
     url = backend_url.with_database(f"flt{token}")
     backend = load_backend(url, application_name=app)
+    # the test decides when the ended session is noticed: no heartbeat noticing it first
+    backend.heartbeat = 0  # type: ignore[attr-defined]
     name = f"cdb_flt{token}_victim"
     backend.preflight()
     backend.create(name, Marker(kind="clone", run_id=token, worker_id="gw0"))

@@ -5,7 +5,18 @@ from __future__ import annotations
 import pytest
 
 from pytest_concurrent_db.backends.base import DatabaseInfo, Marker
-from pytest_concurrent_db.janitor import Entry, entries, prune_plan, ready_builds, reapable, sweepable
+from pytest_concurrent_db.janitor import (
+    CLOCK_SKEW,
+    RESTART_GRACE,
+    Entry,
+    ServerStart,
+    entries,
+    presumed_alive,
+    prune_plan,
+    ready_builds,
+    reapable,
+    sweepable,
+)
 from pytest_concurrent_db.markers import build_id
 
 RUN = "run00001"
@@ -13,7 +24,17 @@ OTHER = "run00002"
 NOW = 1_000_000.0
 
 
-def _marker(kind: str, *, run: str = OTHER, state: str = "ready", template: str = "", build: str = "", age: float = 0):
+def _marker(
+    kind: str,
+    *,
+    run: str = OTHER,
+    state: str = "ready",
+    template: str = "",
+    build: str = "",
+    age: float = 0,
+    host: str = "",
+    pid: int = 0,
+):
     return Marker(
         kind=kind,  # type: ignore[arg-type]
         run_id=run,
@@ -22,6 +43,8 @@ def _marker(kind: str, *, run: str = OTHER, state: str = "ready", template: str 
         fingerprint=build,
         state=state,  # type: ignore[arg-type]
         created=NOW - age,
+        host=host,
+        pid=pid,
     )
 
 
@@ -74,6 +97,59 @@ def test_ready_builds_are_the_ready_templates_with_their_build() -> None:
 )
 def test_reap_decisions(marker: Marker, expected: bool) -> None:
     assert reapable(marker, RUN, {("cdb_app_tpl_1", "b1")}) is expected
+
+
+# -- a free lock after a server restart -------------------------------------------------------------
+HERE, ELSEWHERE, LIVE_PID, DEAD_PID = "this-host", "other-host", 101, 202
+
+
+def _start(up_for: float) -> ServerStart:
+    """The server started ``up_for`` seconds before NOW, seen from HERE, where only LIVE_PID runs."""
+    return ServerStart(NOW - up_for, now=NOW, host=HERE, pid_alive=lambda pid: pid == LIVE_PID)
+
+
+@pytest.mark.parametrize(
+    ("age", "up_for", "host", "pid", "expected"),
+    [
+        # made before the restart, by a process of this machine: its process decides, at any time
+        (30, 10, HERE, LIVE_PID, True),
+        (30, 10, HERE, DEAD_PID, False),
+        (3600, 3000, HERE, LIVE_PID, True),
+        # made before the restart elsewhere: presumed alive for the grace period only
+        (30, 10, ELSEWHERE, LIVE_PID, True),
+        (RESTART_GRACE + 30, RESTART_GRACE + 1, ELSEWHERE, LIVE_PID, False),
+        (30, 10, "", 0, True),  # an old marker without host and pid
+        # made after the server started: its lock was taken on this server, a free one means dead
+        (10, 30, HERE, LIVE_PID, False),
+        (10, 30, ELSEWHERE, 0, False),
+        # within the clocks' disagreement of the start: presumed made before it
+        (10, 10 + CLOCK_SKEW / 2, ELSEWHERE, 0, True),
+    ],
+)
+def test_a_free_lock_after_a_restart(age: float, up_for: float, host: str, pid: int, expected: bool) -> None:
+    marker = _marker("clone", age=age, host=host, pid=pid)
+    assert presumed_alive(marker, _start(up_for)) is expected
+
+
+def test_no_server_or_no_facts_means_no_restart() -> None:
+    marker = _marker("clone", age=30, host=ELSEWHERE)
+    assert presumed_alive(marker, None) is False
+    assert presumed_alive(marker, ServerStart(None, now=NOW, host=HERE)) is False  # SQLite
+
+
+def test_a_live_run_is_neither_reaped_nor_swept_right_after_a_restart() -> None:
+    """Run B starting right after the server restarted must not drop run A's clones while A
+    lives (every lock died with the restart), nor a spare or a build A was making; once A's
+    process is gone, they are B's to reap."""
+    start = _start(2)
+    for kind, state in (("clone", "ready"), ("spare", "building"), ("template", "building")):
+        alive = _marker(kind, state=state, age=60, host=HERE, pid=LIVE_PID)
+        dead = _marker(kind, state=state, age=60, host=HERE, pid=DEAD_PID)
+        assert not reapable(alive, RUN, set(), start)
+        assert reapable(dead, RUN, set(), start)
+    mine = _marker("clone", run=RUN, age=60, host=HERE, pid=LIVE_PID)
+    assert not sweepable(mine, RUN, start)
+    assert sweepable(_marker("clone", run=RUN, age=60, host=HERE, pid=DEAD_PID), RUN, start)
 
 
 # -- inventory: who is alive ------------------------------------------------------------------------
