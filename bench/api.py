@@ -34,7 +34,7 @@ def _url(backend: str, base: str, directory: Path) -> str:
 
 
 def _measure(backend: str, n: int, tables: int, rounds: int) -> dict[str, list[float]]:
-    base = "cdb_bench_api" + secrets.token_hex(3)
+    base = "bench_api" + secrets.token_hex(3)  # our databases are cdb_<base>_...
     with tempfile.TemporaryDirectory() as tmp:
         directory = Path(tmp)
         schema = directory / "schema.sql"
@@ -60,7 +60,7 @@ def _measure(backend: str, n: int, tables: int, rounds: int) -> dict[str, list[f
         finally:
             backend_ = load_backend(parse_url(url), template_dir=directory, clone_dir=directory / "api")
             try:
-                for info in backend_.list_databases(base):
+                for info in backend_.list_databases(f"cdb_{base}_"):
                     if info.marker is not None:
                         backend_.drop(info.name)
             finally:
