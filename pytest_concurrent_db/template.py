@@ -172,17 +172,21 @@ def ensure_template(
     extra: Sequence[str] = (),
     rebuild: bool = False,
     on_built: Callable[[Template], None] | None = None,
+    on_name: Callable[[str], None] | None = None,
 ) -> Template:
     """A ready template for these inputs on ``backend``, built under the locks if needed.
 
     ``rebuild`` builds once more unless this run (``run_id``) built it already: a template
     built by this run is always reused.  ``on_built`` runs after a build, still under
-    the lock (the caller prunes out-of-date templates there).
+    the lock (the caller prunes out-of-date templates there).  ``on_name`` learns the
+    template's name before any build (so that a failed one can still be reported).
     """
     started = time.perf_counter()
     print_ = fingerprint(backend, populators, extra)
     hashing = time.perf_counter() - started
     name = template_name(site.base, print_)
+    if on_name is not None:
+        on_name(name)
 
     def made(build: str, **timing: Any) -> Template:
         return Template(

@@ -59,8 +59,8 @@ class WorkerDatabases:
             extra=extra,
             rebuild=rebuild,
             on_built=self._after_build,
+            on_name=self._name_known,  # a build that fails is still reported as "not ready"
         )
-        self.stats.template = self.template.name
         self.stats.lock_wait_seconds = self.template.lock_wait_seconds
         self.stats.fingerprint_seconds = self.template.fingerprint_seconds
         if self.template.built:
@@ -70,6 +70,9 @@ class WorkerDatabases:
             spent = time.perf_counter() - started - self.template.fingerprint_seconds - self.template.lock_wait_seconds
             self.stats.reuse_seconds = max(spent, 0.0)
         return self.template
+
+    def _name_known(self, name: str) -> None:
+        self.stats.template = name
 
     def _after_build(self, template: Template) -> None:
         pruned = self.janitor.prune(current_template=template.name)

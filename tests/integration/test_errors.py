@@ -151,6 +151,12 @@ def test_schema_file_that_fails_names_file_line_and_statement(project: Project) 
     assert project.server_names() == []  # the half-built template was dropped
 
 
+def test_summary_names_a_template_whose_build_failed(project: Project) -> None:
+    project.write(schema="INSERT INTO no_such_table VALUES (1);\n", tests=PASSING_TEST)
+    result = project.run("-n", "2")
+    result.stdout.fnmatch_lines(["template: cdb_*_tpl_* not ready (setup failed)*"])
+
+
 def test_lock_timeout(project: Project) -> None:
     """A template lock held by another process times out with a message naming it."""
     project.write(tests=PASSING_TEST)
