@@ -505,10 +505,17 @@ def test_killed_run_is_reaped_by_the_next(request: pytest.FixtureRequest, backen
         if process.poll() is None:
             os.killpg(process.pid, signal.SIGKILL)
         process.communicate()
-    assert project.clones() == left  # nobody dropped them
+    remaining = project.clones()
+    # SIGKILL dropped nothing; on a server shared with other runs (this suite under -n 2), a
+    # run that starts meanwhile may already have reaped some of them: the dead run's liveness
+    # locks are free, which is the point.
+    assert set(remaining) <= set(left)
+    if backend == "sqlite":
+        assert remaining == left  # nobody else looks at the project's own directory
 
     run = project.run().ok()
-    assert "reaped" in run.stdout
+    if remaining:
+        assert "reaped" in run.stdout
     assert project.clones() == []
 
 
