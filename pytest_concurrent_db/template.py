@@ -25,7 +25,8 @@ from filelock import FileLock, Timeout
 
 from . import __version__
 from .backends import Backend, Marker
-from .errors import ConcurrentDBError, ConfigError, LockTimeoutError
+from .backends.base import restarted_since, server_start
+from .errors import ConfigError, LockTimeoutError
 from .markers import build_id, create_marked, new_marker, ready
 from .naming import template_name
 from .site import Site
@@ -261,25 +262,14 @@ def _build(
 
     deadline = time.monotonic() + site.lock_timeout
     while True:
-        started = backend.server_started()
+        started = server_start(backend)
         try:
             return once()
         except Exception:
-            if time.monotonic() >= deadline or not _restarted(backend, started):
+            if time.monotonic() >= deadline or restarted_since(backend, started) is None:
                 raise
             if not backend.try_lock(f"template:{name}"):
                 raise  # another process took the lock meanwhile: it builds
-
-
-def _restarted(backend: Backend, before: float | None) -> bool:
-    """Whether the server started again since ``before`` (its start time then)."""
-    if before is None:
-        return False
-    try:
-        now = backend.server_started()
-    except ConcurrentDBError:  # still down after the wait: the original error says enough
-        return False
-    return now is not None and now > before + 1.0  # MySQL's start time is to the second
 
 
 def tune_build_session(backend: Backend, connection: Any) -> None:

@@ -35,6 +35,8 @@ __all__ = [
     "Marker",
     "ServerNotUpError",
     "clean_up_after",
+    "restarted_since",
+    "server_start",
     "when_up",
 ]
 
@@ -309,6 +311,24 @@ def retake_locks(
     except BaseException:
         lost.update(set(pending) - held)
         raise
+
+
+def server_start(backend: Backend) -> float | None:
+    """When ``backend``'s server last started (its clock), or None: no server (SQLite), or
+    the question failed (the server is down, the connection broke)."""
+    try:
+        return backend.server_started()
+    except Exception:
+        return None
+
+
+def restarted_since(backend: Backend, before: float | None) -> float | None:
+    """The server's new start time if it started again since ``before`` (its start time then,
+    from :func:`server_start`), else None (also when that cannot be told)."""
+    if before is None:
+        return None
+    now = server_start(backend)
+    return now if now is not None and now > before + 1.0 else None  # MySQL's start time is to the second
 
 
 def when_up(connect: Callable[[], Result], wait: float) -> Result:
