@@ -78,6 +78,9 @@ class Marker:
     created: float = field(default_factory=time.time)
     host: str = ""
     pid: int = 0
+    #: a ready template's inputs step by step (see :mod:`pytest_concurrent_db.incremental`):
+    #: what lets a later template of the same project start from this one
+    manifest: str = ""
 
     def encode(self) -> str:
         return MARKER_TAG + json.dumps(asdict(self), sort_keys=True, separators=(",", ":"))
@@ -91,7 +94,7 @@ class Marker:
             marker = cls(**json.loads(text[len(MARKER_TAG) :]))
         except (ValueError, TypeError):
             return None
-        texts = (marker.run_id, marker.worker_id, marker.template, marker.fingerprint, marker.host)
+        texts = (marker.run_id, marker.worker_id, marker.template, marker.fingerprint, marker.host, marker.manifest)
         if (
             marker.kind not in ("template", "clone", "spare")
             or marker.state not in ("building", "ready", "kept")
