@@ -83,7 +83,10 @@ class Marker:
     manifest: str = ""
 
     def encode(self) -> str:
-        return MARKER_TAG + json.dumps(asdict(self), sort_keys=True, separators=(",", ":"))
+        fields = asdict(self)
+        if not self.manifest:  # only templates have one: the others' markers stay as they were
+            del fields["manifest"]
+        return MARKER_TAG + json.dumps(fields, sort_keys=True, separators=(",", ":"))
 
     @classmethod
     def decode(cls, text: str | None) -> Marker | None:
