@@ -11,9 +11,17 @@ pristine clone (both test databases) to ``$RESULTS_DIR``.
 from __future__ import annotations
 
 import json
+import re
+import shutil
 import textwrap
+from pathlib import Path
 from typing import Any
 
+import pytest
+
+from tests.conftest import require_module
+
+from .conftest import Project, summary
 from .test_django import DjangoProject, django_project  # noqa: F401  (the fixture)
 
 DUMP_TEST = '''
@@ -234,3 +242,54 @@ def test_edited_removed_or_reordered_migrations_build_in_full(django_project: Dj
 
     builds.write("0003_before_tag", BEFORE_TAG)  # a new one that an old one now depends on
     builds.full()
+
+
+# -- Alembic ----------------------------------------------------------------------------------------------
+ALEMBIC_EXAMPLE = Path(__file__).resolve().parents[2] / "examples" / "sqlalchemy_alembic"
+
+NOTE_REVISION = '''
+"""A new column."""
+
+import sqlalchemy as sa
+from alembic import op
+
+revision = "0004"
+down_revision = "0003"
+
+
+def upgrade():
+    op.add_column("plan", sa.Column("note", sa.String(40), nullable=True))
+
+
+def downgrade():
+    op.drop_column("plan", "note")
+'''
+
+COLUMNS_TEST = '''
+import json
+import os
+
+from sqlalchemy import inspect
+
+
+def test_columns(concurrent_db_engine):
+    with open(os.path.join(os.environ["RESULTS_DIR"], "plan.json"), "w") as f:
+        json.dump(sorted(c["name"] for c in inspect(concurrent_db_engine).get_columns("plan")), f)
+'''
+
+
+def test_a_new_alembic_revision_is_applied_to_a_copy(project: Project, monkeypatch: pytest.MonkeyPatch) -> None:
+    require_module("alembic")
+    root = project.pytester.path
+    shutil.copytree(ALEMBIC_EXAMPLE, root, dirs_exist_ok=True, ignore=shutil.ignore_patterns("__pycache__", "*.db"))
+    (root / "tests" / "test_columns.py").write_text(COLUMNS_TEST)
+    monkeypatch.setenv("RESULTS_DIR", str(root))
+    first = project.run("-n", "2", "tests/test_columns.py")
+    first.assert_outcomes(passed=1)
+    assert "built by" in summary(first)
+    (root / "migrations" / "versions" / "0004_plan_note.py").write_text(NOTE_REVISION)
+    second = project.run("-n", "2", "tests/test_columns.py")
+    second.assert_outcomes(passed=1)
+    assert re.search(r"built incrementally from cdb_\w+_tpl_\w+ \(\+1 migration\)", summary(second)), summary(second)
+    assert "note" in json.loads((root / "plan.json").read_text())
+    assert project.clones() == []
