@@ -250,11 +250,17 @@ class Janitor:
         return ServerStart(self.backend.server_started())
 
     def inventory(
-        self, prefix: str = PREFIX, *, own: str | None = None, current_template: str | None = None
+        self, prefix: str | Sequence[str] = PREFIX, *, own: str | None = None, current_template: str | None = None
     ) -> list[Entry]:
-        """Every database of ours on the server whose name starts with ``prefix``, with
-        whether its owner is alive (``own``: this process's clone, alive by definition)."""
-        infos = [i for i in self.backend.list_databases(prefix) if i.marker is not None]
+        """Every database of ours on the server whose name starts with ``prefix`` (or one of
+        several prefixes), with whether its owner is alive (``own``: this process's clone,
+        alive by definition)."""
+        found: dict[str, DatabaseInfo] = {}
+        for each in (prefix,) if isinstance(prefix, str) else prefix:
+            for info in self.backend.list_databases(each):
+                if info.marker is not None:
+                    found.setdefault(info.name, info)
+        infos = list(found.values())
         start = self.server_start()
         live_clones = set()
         live_builds = set()
@@ -274,7 +280,7 @@ class Janitor:
         keep_templates: int | None = None,
         dry_run: bool = False,
         everything: bool = False,
-        prefix: str = PREFIX,
+        prefix: str | Sequence[str] = PREFIX,
         own: str | None = None,
         current_template: str | None = None,
     ) -> list[Entry]:
