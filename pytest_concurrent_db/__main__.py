@@ -94,7 +94,8 @@ def _table(entries: Sequence[Entry]) -> str:
     return "\n".join("  ".join(cell.ljust(w) for cell, w in zip(row, widths)).rstrip() for row in rows)
 
 
-def main(argv: Sequence[str] | None = None) -> int:
+def build_parser() -> argparse.ArgumentParser:
+    """The command line (the docs render its help from here)."""
     parser = argparse.ArgumentParser(
         prog="python -m pytest_concurrent_db",
         description=DESCRIPTION,
@@ -122,6 +123,11 @@ def main(argv: Sequence[str] | None = None) -> int:
         action="store_true",
         help="every project's databases on the server (default: only those of the URL's database name)",
     )
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    parser = build_parser()
     args = parser.parse_args(argv)
     if args.keep_templates is not None and args.keep_templates < 0:
         parser.error(f"--keep-templates must be 0 or more, not {args.keep_templates}")

@@ -84,7 +84,10 @@ def messages() -> list[Message]:
     out = []
     for path in sorted(PACKAGE.rglob("*.py")):
         module = path.relative_to(PACKAGE.parent).with_suffix("").as_posix().replace("/", ".")
-        for node in ast.walk(ast.parse(path.read_text(encoding="utf-8"))):
+        tree = ast.parse(path.read_text(encoding="utf-8"))
+        assigned = _assignments(tree)
+        functions = _enclosing_functions(tree)
+        for node in ast.walk(tree):
             if isinstance(node, ast.FunctionDef) and node.name == "describe":
                 out.extend(_described(module, node))
                 continue
@@ -100,10 +103,40 @@ def messages() -> list[Message]:
                 continue
             if name == "warn" and not _is_warnings_warn(node):
                 continue
-            text = _render(node.args[0])
-            if text is None or not key(text):
-                continue
-            out.append(Message(module, node.lineno, name, normalize(text)))
+            argument = node.args[0]
+            if isinstance(argument, ast.Name):  # error = f"..." earlier in the function
+                texts = [_render(value) for value in assigned.get((id(functions[id(node)]), argument.id), [])]
+            else:
+                texts = [_render(argument)]
+            for text in texts:
+                if text is not None and key(text):
+                    out.append(Message(module, node.lineno, name, normalize(text)))
+    return out
+
+
+def _enclosing_functions(tree: ast.Module) -> dict[int, ast.AST]:
+    """id of every node -> the innermost function around it (the module if none)."""
+    out: dict[int, ast.AST] = {}
+
+    def visit(node: ast.AST, function: ast.AST) -> None:
+        out[id(node)] = function
+        inner = node if isinstance(node, (ast.FunctionDef, ast.AsyncFunctionDef)) else function
+        for child in ast.iter_child_nodes(node):
+            visit(child, inner)
+
+    visit(tree, tree)
+    return out
+
+
+def _assignments(tree: ast.Module) -> dict[tuple[int, str], list[ast.expr]]:
+    """(id of the function, variable) -> the values assigned to it there."""
+    out: dict[tuple[int, str], list[ast.expr]] = {}
+    for function in ast.walk(tree):
+        if not isinstance(function, (ast.FunctionDef, ast.AsyncFunctionDef)):
+            continue
+        for node in ast.walk(function):
+            if isinstance(node, ast.Assign) and len(node.targets) == 1 and isinstance(node.targets[0], ast.Name):
+                out.setdefault((id(function), node.targets[0].id), []).append(node.value)
     return out
 
 
@@ -143,6 +176,10 @@ def normalize(text: str) -> str:
 def key(text: str) -> str:
     """The longest literal fragment of a message (at least :data:`MIN_KEY` characters), which
     identifies it in the docs; empty if it has none."""
-    fragments = [f.strip(" ;:,.'\"()") for f in normalize(text).split(PLACEHOLDER)]
+    text = normalize(text)
+    fragments = [f.strip(" ;:,.'\"()") for f in text.split(PLACEHOLDER)]
     best = max(fragments, key=len, default="")
-    return best if len(best) >= MIN_KEY else ""
+    if len(best) >= MIN_KEY:
+        return best
+    # no long fragment: the whole message, placeholders included, if it has words of its own
+    return text if len(re.sub(r"[^a-z]", "", text.lower())) >= 8 else ""

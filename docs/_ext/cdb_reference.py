@@ -8,6 +8,9 @@
     One fixture: its name, scope and docstring (pytest's fixture objects are not functions
     that autodoc documents well).
 
+``.. concurrent-db-cli-help::``
+    ``python -m pytest_concurrent_db --help``, from the command's own parser.
+
 ``.. concurrent-db-messages::``
     Every error and warning message found in the source (see ``cdb_messages``), for the
     maintainers' index at the end of the troubleshooting page.
@@ -154,7 +157,24 @@ class MessagesDirective(SphinxDirective):
         return list(container.children)
 
 
+class CliHelpDirective(SphinxDirective):
+    """``python -m pytest_concurrent_db --help``, from the parser itself."""
+
+    def run(self) -> list[nodes.Node]:
+        import argparse
+
+        from pytest_concurrent_db.__main__ import build_parser
+
+        parser = build_parser()
+        parser.formatter_class = lambda prog: argparse.RawDescriptionHelpFormatter(prog, width=100)
+        text = parser.format_help()
+        block = nodes.literal_block(text, text)
+        block["language"] = "text"
+        return [block]
+
+
 def setup(app: Sphinx) -> dict[str, Any]:
+    app.add_directive("concurrent-db-cli-help", CliHelpDirective)
     app.add_directive("concurrent-db-options", OptionsDirective)
     app.add_directive("concurrent-db-fixture", FixtureDirective)
     app.add_directive("concurrent-db-messages", MessagesDirective)
