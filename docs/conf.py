@@ -24,3 +24,4 @@ autodoc_typehints = "signature"
 autodoc_preserve_defaults = True
 default_role = "literal"
 pygments_style = "sphinx"
+add_module_names = False
