@@ -144,10 +144,10 @@ def main(argv: Sequence[str] | None = None) -> int:
             scoped = not args.all and bool(site.url.database) and not site.url.is_memory
             prefix = scope_prefixes(site) if scoped else PREFIX
             if args.command == "list":
-                entries = janitor.inventory(prefix)
+                entries = janitor.inventory(prefix, exact=scoped)
                 print(_table(entries) if entries else "no databases of pytest-concurrent-db found")
                 return 0
-            doomed = janitor.prune(dry_run=not args.yes, everything=True, prefix=prefix)
+            doomed = janitor.prune(dry_run=not args.yes, everything=True, prefix=prefix, exact=scoped)
             verb = "dropped" if args.yes else "would drop (dry run; pass --yes to drop)"
             print(f"{verb}: {len(doomed)} database(s)")
             for entry in doomed:

@@ -293,3 +293,29 @@ def test_cli_bad_input_is_one_line_without_traceback(args: list[str], tmp_path: 
     assert result.returncode == 2
     assert "Traceback" not in result.stderr
     assert [line for line in result.stderr.splitlines() if "error:" in line], result.stderr
+
+
+@pytest.mark.parametrize("backend_url", ["postgresql", "mysql"], indirect=True)
+def test_scope_is_the_exact_project_not_a_longer_name(
+    django_named: tuple[DatabaseURL, DatabaseURL], tmp_path: Path
+) -> None:
+    """``--url …/app`` covers ``cdb_app_…`` and ``cdb_test_app_…``, not project ``app_v2``'s
+    ``cdb_app_v2_…`` (nor ``test_app_v2``'s), although their names start the same."""
+    settings_url, test_url = django_named
+    ours = build_template(settings_url.render(hide_password=False), _seed, directory=tmp_path)
+    longer = [
+        build_template(url.with_database(url.database + "_v2").render(hide_password=False), _seed, directory=tmp_path)
+        for url in (settings_url, test_url)
+    ]
+    try:
+        listing = _run_cli(settings_url, "list", cwd=tmp_path)
+        assert ours.name in listing.stdout
+        assert not [t.name for t in longer if t.name in listing.stdout]
+        done = _run_cli(settings_url, "prune", "--templates", "--yes", cwd=tmp_path)
+        assert done.returncode == 0, done.stderr
+        assert ours.name in done.stdout
+        everything = _run_cli(settings_url, "list", "--all", cwd=tmp_path).stdout
+        assert all(t.name in everything for t in longer)  # another project's: left alone
+    finally:
+        for url in (settings_url, test_url):
+            drop_ours(load_backend(url, template_dir=tmp_path, clone_dir=tmp_path), f"cdb_{url.database}_v2_")
