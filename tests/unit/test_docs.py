@@ -10,6 +10,8 @@ How each is found, so that nothing is a hand-kept list:
   ``.. concurrent-db-fixture::`` entry in ``docs/reference/fixtures.rst``;
 * markers: those our plugin registers (``config.getini("markers")`` with the plugin, less those
   without it): each needs ``pytest.mark.<name>`` in ``docs/reference/markers.rst``;
+* hooks: every ``pytest_*`` hook specification in ``hookspecs``: each needs an autodoc entry in
+  ``docs/reference/hooks.rst``;
 * the public API: ``pytest_concurrent_db.__all__``: each needs an autodoc (or ``py:data``) entry in
   ``docs/reference/api.rst``;
 * error messages: every message with literal text of its own, read from the source with ``ast``
@@ -242,3 +244,20 @@ def test_every_error_class_is_documented() -> None:
 def test_docs_do_not_promise_what_does_not_exist(absent: str) -> None:
     for path in DOCS.rglob("*.rst"):
         assert absent not in path.read_text(encoding="utf-8").lower(), f"{path.relative_to(ROOT)} mentions {absent!r}"
+
+
+# -- hooks ---------------------------------------------------------------------------------
+def undocumented_hooks(page: str) -> list[str]:
+    from pytest_concurrent_db import hookspecs
+
+    hooks = [name for name in vars(hookspecs) if name.startswith("pytest_")]
+    assert hooks
+    return sorted(h for h in hooks if f".. autofunction:: pytest_concurrent_db.hookspecs.{h}\n" not in page)
+
+
+def test_every_hook_is_in_the_reference() -> None:
+    page = _text("reference/hooks.rst")
+    assert undocumented_hooks(page) == []
+    assert undocumented_hooks(page.replace("pytest_concurrent_db_template_key\n", "\n")) == [
+        "pytest_concurrent_db_template_key"
+    ]
