@@ -177,6 +177,16 @@ def test_every_marker_is_in_the_reference(pytester: pytest.Pytester) -> None:
     assert undocumented_markers(markers | {"brand_new"}, _text("reference/markers.rst")) == ["brand_new"]
 
 
+def test_marker_signatures_match_the_registration(pytester: pytest.Pytester) -> None:
+    """The docs show each marker with the signature the plugin registers (``--markers``)."""
+    ours = plugin_markers(pytester)
+    lines = [line for line in pytester.parseconfigure().getini("markers") if re.split(r"[(:]", line)[0] in ours]
+    page = _text("reference/markers.rst")
+    for line in lines:
+        signature = line.split(":", 1)[0].strip()
+        assert f"pytest.mark.{signature}" in page, signature
+
+
 # -- the public API ------------------------------------------------------------------------
 def undocumented_api(names: list[str], page: str) -> list[str]:
     documented = set(re.findall(r"^\.\. (?:auto\w+|py:\w+):: pytest_concurrent_db\.(\w+)", page, re.MULTILINE))
