@@ -88,6 +88,12 @@ def messages() -> list[Message]:
         assigned = _assignments(tree)
         functions = _enclosing_functions(tree)
         for node in ast.walk(tree):
+            if isinstance(node, ast.Assign) and _is_findings_list(node):  # errors = [f"..."]
+                for element in node.value.elts:  # type: ignore[attr-defined]
+                    text = _render(element)
+                    if text is not None and key(text):
+                        out.append(Message(module, element.lineno, "finding", normalize(text)))
+                continue
             if isinstance(node, ast.FunctionDef) and node.name == "describe":
                 out.extend(_described(module, node))
                 continue
@@ -96,6 +102,11 @@ def messages() -> list[Message]:
             name = _callee(node)
             if name == "append" and _is_finding(node):  # ("error" | True, message) of a check
                 text = _render(node.args[0].elts[-1])  # type: ignore[attr-defined]
+                if text is not None and key(text):
+                    out.append(Message(module, node.lineno, "finding", normalize(text)))
+                continue
+            if name == "append" and isinstance(node.func, ast.Attribute) and _appends_to_findings(node.func):
+                text = _render(node.args[0])
                 if text is not None and key(text):
                     out.append(Message(module, node.lineno, "finding", normalize(text)))
                 continue
@@ -140,6 +151,10 @@ def _assignments(tree: ast.Module) -> dict[tuple[int, str], list[ast.expr]]:
     return out
 
 
+#: Lists of messages a check hands back (``errors``, ``warns``): what ends up in a failure or warning.
+_FINDINGS = {"errors", "warns"}
+
+
 def _is_finding(node: ast.Call) -> bool:
     """``found.append((severity, message))``: a finding of an isolation check."""
     func = node.func
@@ -149,6 +164,19 @@ def _is_finding(node: ast.Call) -> bool:
         and func.value.id == "found"
         and isinstance(node.args[0], ast.Tuple)
     )
+
+
+def _appends_to_findings(func: ast.Attribute) -> bool:
+    """``errors.append(...)``, ``self.warns.append(...)``."""
+    value = func.value
+    name = value.id if isinstance(value, ast.Name) else value.attr if isinstance(value, ast.Attribute) else ""
+    return name in _FINDINGS
+
+
+def _is_findings_list(node: ast.Assign) -> bool:
+    """``errors = [f"..."]``: messages of a check, as a list."""
+    target = node.targets[0] if len(node.targets) == 1 else None
+    return isinstance(target, ast.Name) and target.id in _FINDINGS and isinstance(node.value, ast.List)
 
 
 def _described(module: str, node: ast.FunctionDef) -> list[Message]:
