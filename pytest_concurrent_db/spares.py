@@ -10,8 +10,11 @@ under the same name makes every older spare stale, and the janitor reaps it.
 from __future__ import annotations
 
 import contextlib
+import json
+import os
 import threading
 import time
+from collections.abc import Sequence
 from dataclasses import dataclass
 
 from .backends import Backend, Marker
@@ -20,7 +23,7 @@ from .markers import new_marker, ready
 from .naming import spare_name
 from .template import Template
 
-__all__ = ["SPARES_AUTO_MIN_SECONDS", "SpareMaker", "claim_spare", "is_spare", "spares_pay_off"]
+__all__ = ["SPARES_AUTO_MIN_SECONDS", "CopyHistory", "SpareMaker", "claim_spare", "is_spare", "spares_pay_off"]
 
 #: ``--concurrent-db-spares auto`` makes spares once copying the template took this long (seconds).
 #: MySQL: the copy is our own DDL replay, and a spare costs little more than that.  PostgreSQL: the
@@ -37,18 +40,56 @@ def wanted_spares(setting: int | str, backend: str) -> int:
     return 1 if setting == "auto" else int(setting)
 
 
-def spares_pay_off(setting: int | str, backend: str, *, claimed: bool, clone_seconds: float) -> bool:
-    """With ``auto``, spares are made only for templates that are slow to copy: this
-    worker's copy took :data:`SPARES_AUTO_MIN_SECONDS` or more, or it took over a spare (an
-    earlier run found the copy slow).  A faster copy costs less than a spare does (an extra
-    connection while it is made, a database waiting on the server between runs and, on
-    PostgreSQL, writing it back at the closing checkpoint)."""
+#: how many of a template's latest copies (on this machine) the ``auto`` rule looks at
+HISTORY = 3
+
+
+def spares_pay_off(setting: int | str, backend: str, *, copies: Sequence[float]) -> bool:
+    """With ``auto``, spares are made only for templates that are slow to copy, judged on
+    stable evidence: the median of the template's latest :data:`HISTORY` copies on this
+    machine (``copies``, oldest first, this run's included; spares made count as copies) is
+    :data:`SPARES_AUTO_MIN_SECONDS` or more.  One copy alone decides only when it took three
+    times that: a single copy slowed down by a checkpoint or a busy machine does not switch
+    spares on (and the next fast ones switch them off).  A faster copy costs less than a spare
+    does (an extra connection while it is made, a database waiting on the server between
+    runs and, on PostgreSQL, writing it back at the closing checkpoint)."""
     if setting != "auto":
         return True
     threshold = SPARES_AUTO_MIN_SECONDS.get(backend)
-    if threshold is None:
+    if threshold is None or not copies:
         return False
-    return claimed or clone_seconds >= threshold
+    latest = sorted(copies[-HISTORY:])
+    if len(latest) == 1:
+        return latest[0] >= 3 * threshold
+    middle = len(latest) // 2
+    median = latest[middle] if len(latest) % 2 else (latest[middle - 1] + latest[middle]) / 2
+    return median >= threshold
+
+
+class CopyHistory:
+    """The latest copy times of one template on this machine (a small JSON file beside the
+    project's SQLite templates), the evidence of the ``auto`` spares rule.  Best effort: a file
+    that cannot be read or written is an empty history."""
+
+    def __init__(self, template: Template) -> None:
+        self.path = template.site.directories.templates / "copies" / f"{template.name}.json"
+
+    def read(self) -> list[float]:
+        try:
+            data = json.loads(self.path.read_text())
+        except (OSError, ValueError):
+            return []
+        return [float(x) for x in data if isinstance(x, (int, float))][-HISTORY * 2 :] if isinstance(data, list) else []
+
+    def add(self, seconds: float) -> list[float]:
+        """Record one copy; returns the history with it."""
+        copies = [*self.read(), round(seconds, 4)][-HISTORY * 2 :]
+        with contextlib.suppress(OSError):
+            self.path.parent.mkdir(parents=True, exist_ok=True)
+            temporary = self.path.with_name(f"{self.path.name}.{os.getpid()}.tmp")
+            temporary.write_text(json.dumps(copies))
+            os.replace(temporary, self.path)
+        return copies
 
 
 def is_spare(marker: Marker | None, template: Template, worker_id: str, *, ready_only: bool = False) -> bool:

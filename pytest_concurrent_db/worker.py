@@ -19,7 +19,7 @@ from .clones import ConcurrentDatabase, drop_clone, handle, keep_clone, make_clo
 from .janitor import Janitor
 from .report import WorkerReport
 from .site import Site
-from .spares import SpareMaker, claim_spare, spares_pay_off, wanted_spares
+from .spares import CopyHistory, SpareMaker, claim_spare, spares_pay_off, wanted_spares
 from .template import Populator, Template, ensure_template
 
 __all__ = ["WorkerDatabases"]
@@ -105,10 +105,14 @@ class WorkerDatabases:
         self.stats.clone_seconds = time.perf_counter() - started
         self.stats.method = "spare made by an earlier run" if self.stats.spare_claimed else self.backend.clone_method()
         self.database = handle(self.backend, template, name, self.run_id, self.worker_id)
-        pays = spares_pay_off(
-            self.spares, self.backend.name, claimed=self.stats.spare_claimed, clone_seconds=self.stats.clone_seconds
-        )
-        if refill and count and pays and self._spares is None:
+        pays = False
+        if refill and count and self._spares is None:
+            copies: list[float] = []
+            if self.spares == "auto":
+                history = CopyHistory(template)
+                copies = history.read() if self.stats.spare_claimed else history.add(self.stats.clone_seconds)
+            pays = spares_pay_off(self.spares, self.backend.name, copies=copies)
+        if pays:
             self._spares = SpareMaker(template, self.run_id, self.worker_id, count)
             self._spares.start()
         return self.database
@@ -125,10 +129,13 @@ class WorkerDatabases:
         """Wait until the spares of this process are made (they are left for the next run)."""
         if self._spares is not None:
             self._spares.wait()
+            recorded = self.stats.spares_made > 0  # by an earlier call
             self.stats.spares_made = self._spares.made
             self.stats.spare_seconds = self._spares.seconds
             self.stats.spare_wait_seconds = self._spares.wait_seconds
             self.stats.spare_error = self._spares.error
+            if self.spares == "auto" and self._spares.made and not recorded and self.template is not None:
+                CopyHistory(self.template).add(self._spares.seconds / self._spares.made)  # evidence too
 
     def keep_clone(self) -> None:
         """Mark this process's clone as kept (``--concurrent-db-keep``)."""

@@ -224,9 +224,10 @@ def _one_run(engine: WorkerDatabases) -> tuple[bool, int]:
 def test_auto_makes_spares_only_when_copies_are_slow(
     server_url: DatabaseURL, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    """``auto``: no spare after a copy faster than the backend's threshold; one after a slower
-    copy; and a worker that took a spare over makes the next one whatever its own (instant)
-    takeover took."""
+    """``auto`` decides on the template's latest copies on this machine (the median of three),
+    not on one: no spare while copies are faster than the backend's threshold; one once they
+    are slower; a worker that took a spare over goes on making them while the recorded copies
+    (the spares' own included) stay slow, and stops once they are fast."""
     thresholds = spares_module.SPARES_AUTO_MIN_SECONDS
     monkeypatch.setitem(thresholds, server_url.backend, 3600.0)  # every copy is "fast"
     assert _one_run(_worker(server_url, tmp_path, "run00001")) == (False, 0)
@@ -238,6 +239,8 @@ def test_auto_makes_spares_only_when_copies_are_slow(
 
     monkeypatch.setitem(thresholds, server_url.backend, 0.0)  # every copy is "slow"
     assert _one_run(_worker(server_url, tmp_path, "run00002")) == (False, 1)
-
-    monkeypatch.setitem(thresholds, server_url.backend, 3600.0)
     assert _one_run(_worker(server_url, tmp_path, "run00003")) == (True, 1)  # the chain goes on
+
+    monkeypatch.setitem(thresholds, server_url.backend, 3600.0)  # the copies are fast now
+    assert _one_run(_worker(server_url, tmp_path, "run00004")) == (True, 0)  # the chain ends
+    assert _one_run(_worker(server_url, tmp_path, "run00005")) == (False, 0)
