@@ -88,7 +88,8 @@ OPTIONS: tuple[Option, ...] = (
         "spares",
         "auto",
         "PostgreSQL/MySQL: pristine clones per worker made in the background while the tests run, "
-        "so that the next run starts without copying: auto (1 once a copy took 0.25 s on MySQL, 1 s on PostgreSQL), "
+        "so that the next run starts without copying: auto (1 once copies take 0.25 s on MySQL, 1 s on PostgreSQL: "
+        "the median of the latest three), "
         "a number, or 0 for none",
         metavar="N|auto",
     ),
