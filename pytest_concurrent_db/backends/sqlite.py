@@ -197,9 +197,10 @@ class SQLiteBackend:
                 self._anchors[name] = anchor
                 self._write_marker(name, marker)
                 return
-            self.clone_dir.mkdir(parents=True, exist_ok=True)
-            final = self.clone_dir / f"{name}.db"
-            tmp = self.clone_dir / f"{name}.{os.getpid()}.tmp"
+            directory = self._dir_for(marker)  # a template made from another: an incremental build
+            directory.mkdir(parents=True, exist_ok=True)
+            final = directory / (f"{name}.building.db" if marker.state == "building" else f"{name}.db")
+            tmp = directory / f"{name}.{os.getpid()}.tmp"
             target = sqlite3.connect(tmp)
             try:
                 source.backup(target)

@@ -188,6 +188,9 @@ class Builds:
         assert template["migrations"] == added, output
         plural = "" if added == 1 else "s"
         assert f"built incrementally from {template['built_from']} (+{added} migration{plural})" in output
+        again, again_dumps, output = self.run()
+        assert not again["built"], output  # the incremental template is kept and reused, like any
+        assert again_dumps == dumps
         full, full_dumps, output = self.run("--concurrent-db-rebuild")
         assert full["built"], output
         assert not full["built_from"], output
