@@ -39,6 +39,8 @@ class WorkerReport:
     built_from: str = ""
     #: the steps (migration files, revisions) that incremental build added
     steps_added: int = 0
+    #: why this process's incremental build was given up for a full build
+    incremental_error: str = ""
     #: this process's clone (empty: setup failed before it was made)
     clone: str = ""
     clone_seconds: float = 0.0

@@ -91,6 +91,8 @@ def _template_line(template: str, group: Sequence[WorkerReport]) -> str:
         )
     elif builder is not None:
         how = f"built by {builder.worker_id} in {builder.template_seconds:.2f}s"
+        if builder.incremental_error:
+            how += f" (in full: {builder.incremental_error})"
     elif any(r.clone for r in group):
         how = "reused (inputs unchanged)"
     else:

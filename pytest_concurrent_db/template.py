@@ -164,6 +164,8 @@ class Template:
     built_from: str = ""
     #: how many steps (migrations) that incremental build added
     steps_added: int = 0
+    #: why an incremental build was given up for a full one ("" if none was tried or it worked)
+    incremental_error: str = ""
     #: seconds spent computing the fingerprint (hashing the inputs, asking the server's version)
     fingerprint_seconds: float = 0.0
     #: what built it: a clone that finds it pruned by another run rebuilds it from these
@@ -227,9 +229,11 @@ def ensure_template(
         begun = time.perf_counter()
         manifest = encode_manifest(outside, populators)
         base = None if rebuild else _base(backend, site, manifest, populators)
+        failures: list[str] = []
         build, base = _build(
-            backend, site, name, print_, populators, run_id=run_id, worker_id=worker_id, manifest=manifest, base=base
-        )
+            backend, site, name, print_, populators,
+            run_id=run_id, worker_id=worker_id, manifest=manifest, base=base, failures=failures,
+        )  # fmt: skip
         template = made(
             build,
             built=True,
@@ -237,6 +241,7 @@ def ensure_template(
             lock_wait_seconds=waited,
             built_from=base.name if base else "",
             steps_added=base.added if base else 0,
+            incremental_error="; ".join(failures),
         )
         if on_built is not None:
             on_built(template)
@@ -271,16 +276,20 @@ def _build(
     worker_id: str,
     manifest: str = "",
     base: Base | None = None,
+    failures: list[str] | None = None,
 ) -> tuple[str, Base | None]:
     """Build template ``name``; returns its build id, and ``base`` if it was built from it.
 
     With ``base`` (see :mod:`.incremental`), the template starts as a copy of ``base`` and
     only the resumable populators run (they apply only their new steps); if that fails, it
-    is dropped and built in full.  A server restart during the build ends its sessions:
+    is dropped and built in full (why is appended to ``failures``).  A server restart during
+    the build ends its sessions:
     once the server is up again (the control connection waits for it) and while this
     process holds the template lock (taken back with the control connection), the build
     starts over, until the lock timeout.  A build cut short is never marked ready, and is
     dropped."""
+
+    failures = [] if failures is None else failures
 
     def once(base: Base | None) -> str:
         if backend.exists(name):  # stale, unfinished or forced rebuild
@@ -313,8 +322,9 @@ def _build(
     if base is not None:
         try:
             return once(base), base
-        except Exception:  # any doubt: a full build (which reports its own errors)
-            pass
+        except Exception as exc:  # any doubt: a full build (which reports its own errors)
+            detail = " ".join(str(exc).split())[:300]
+            failures.append(f"the incremental build from {base.name} failed ({type(exc).__name__}: {detail})")
     deadline = time.monotonic() + site.lock_timeout
     while True:
         started = server_start(backend)

@@ -97,6 +97,24 @@ def test_template_reused_from_an_earlier_run() -> None:
     ]
 
 
+def test_template_built_incrementally() -> None:
+    base = "cdb_app_tpl_0123456789ab"
+    built = worker("gw1", template_built=True, template_seconds=2.1, built_from=base, migrations=1)
+    assert summarize([worker("gw0"), built]).starting("template:") == [
+        f"template: {TEMPLATE} built incrementally from {base} (+1 migration) in 2.10s by gw1; longest lock wait 0.00s"
+    ]
+    alembic = worker("gw0", template_built=True, template_seconds=0.5, built_from=base, steps_added=2)
+    assert "(+2 migrations)" in summarize([alembic]).starting("template:")[0]
+
+
+def test_an_incremental_build_given_up_says_why() -> None:
+    why = "the incremental build from cdb_app_tpl_0123456789ab failed (OperationalError: boom)"
+    built = worker("gw0", template_built=True, template_seconds=9.0, incremental_error=why)
+    assert summarize([built]).starting("template:") == [
+        f"template: {TEMPLATE} built by gw0 in 9.00s (in full: {why}); longest lock wait 0.00s"
+    ]
+
+
 def test_setup_failed_before_any_clone() -> None:
     terminal = summarize([worker("gw0", clone="", method="", clone_seconds=0.0, dropped=[])], isolation="strict")
     assert terminal.texts == [
