@@ -19,7 +19,6 @@ from collections.abc import Iterator
 from typing import Any
 
 import pytest
-from sqlalchemy.orm import Session, scoped_session, sessionmaker
 
 from ..clones import ConcurrentDatabase
 from ..errors import ConcurrentDBError
@@ -74,6 +73,8 @@ def concurrent_db_session(request: pytest.FixtureRequest, concurrent_db_engine: 
     connection = concurrent_db_engine.connect()
     undo = begin(backend, connection.connection.dbapi_connection, options)
     outer = connection.begin()
+    from sqlalchemy.orm import Session  # here, not at import: the plugin loads this module in every run
+
     session = Session(bind=connection, join_transaction_mode="create_savepoint")
     try:
         yield session
@@ -91,29 +92,34 @@ def options_backend(dialect: str) -> str:
     return "mysql" if dialect in ("mysql", "mariadb") else dialect
 
 
-class _ThreadSessions(sessionmaker[Session]):
-    """A ``sessionmaker`` that remembers every session it made, in any thread."""
+def _thread_sessions(engine: Any) -> Any:
+    """A ``sessionmaker`` on ``engine`` that remembers every session it made, in any thread
+    (``close_all_made()`` closes them)."""
+    from sqlalchemy.orm import Session, sessionmaker
 
-    def __init__(self, engine: Any) -> None:
-        super().__init__(bind=engine)
-        self._lock = threading.Lock()
-        self.made: list[Session] = []
+    class ThreadSessions(sessionmaker[Session]):
+        def __init__(self) -> None:
+            super().__init__(bind=engine)
+            self._lock = threading.Lock()
+            self.made: list[Session] = []
 
-    def __call__(self, **kwargs: Any) -> Session:
-        session = super().__call__(**kwargs)
-        with self._lock:
-            self.made.append(session)
-        return session
+        def __call__(self, **kwargs: Any) -> Session:
+            session = super().__call__(**kwargs)
+            with self._lock:
+                self.made.append(session)
+            return session
 
-    def close_all_made(self) -> None:
-        """Close every session; those of threads still running lose their connections."""
-        with self._lock:
-            made, self.made = self.made, []
-        for session in made:
-            try:
-                session.close()
-            except Exception:  # in use by a live thread: drop its connection instead
-                session.invalidate()
+        def close_all_made(self) -> None:
+            """Close every session; those of threads still running lose their connections."""
+            with self._lock:
+                made, self.made = self.made, []
+            for session in made:
+                try:
+                    session.close()
+                except Exception:  # in use by a live thread: drop its connection instead
+                    session.invalidate()
+
+    return ThreadSessions()
 
 
 @pytest.fixture
@@ -122,7 +128,9 @@ def concurrent_db_scoped_session(concurrent_db_engine: Any) -> Iterator[Any]:
     gets its own ``Session`` (and connection from ``concurrent_db_engine``'s pool).  After
     the test every thread's session is closed, also for threads still running or dead.
     What the threads commit stays committed (they do not share the test's transaction)."""
-    factory = _ThreadSessions(concurrent_db_engine)
+    from sqlalchemy.orm import scoped_session
+
+    factory = _thread_sessions(concurrent_db_engine)
     registry = scoped_session(factory)
     try:
         yield registry
