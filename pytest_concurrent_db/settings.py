@@ -44,6 +44,10 @@ class Settings:
     keep_templates: int = 2
     clone_strategy: str = "auto"
     spares: int | str = "auto"
+    #: ``--concurrent-db-pool``: pristine clones per worker kept ready for fresh databases
+    pool: int = 2
+    #: ``--concurrent-db-keep-failed``: keep the fresh database of a failed test
+    keep_failed: bool = False
     isolation: str = "default"
     alembic_ini: Path | None = None
     alembic_env: str = ""
@@ -74,9 +78,9 @@ class Settings:
                 parts.append(f"{name.replace('_', '-')}={getattr(self, name)} [{self.sources.get(name)}]")
         if self.seed:
             parts.append(f"seed={' '.join(p.name for p in self.seed)} [{self.sources.get('seed')}]")
-        for name in ("keep", "rebuild"):
+        for name in ("keep", "rebuild", "keep_failed"):
             if getattr(self, name):
-                parts.append(f"{name} [{self.sources.get(name)}]")
+                parts.append(f"{name.replace('_', '-')} [{self.sources.get(name)}]")
         shown: dict[str, object] = {
             "lock_timeout": f"{self.lock_timeout:g}s",
             "spares": self.spares,
@@ -154,9 +158,7 @@ def _convert(option: Option, value: Any, source: str, base: Path) -> Any:
         except ValueError:
             number = -1.0
         if not number > 0:
-            raise ConfigError(
-                f"{source} must be a positive number of seconds, not {value!r}; fix {option.names()}"
-            )
+            raise ConfigError(f"{source} must be a positive number of seconds, not {value!r}; fix {option.names()}")
         return number
     if option.kind == "spares" and str(value).strip().lower() == "auto":
         return "auto"
@@ -175,8 +177,7 @@ def _convert(option: Option, value: Any, source: str, base: Path) -> Any:
         text = str(value).strip().lower()
         if text not in option.choices:
             raise ConfigError(
-                f"{source} must be one of {', '.join(option.choices)}, not {value!r}; "
-                f"fix {option.names()}"
+                f"{source} must be one of {', '.join(option.choices)}, not {value!r}; fix {option.names()}"
             )
         return text
     if option.kind == "path":
@@ -192,15 +193,12 @@ def _convert(option: Option, value: Any, source: str, base: Path) -> Any:
         try:
             items = _split_paths(value)
         except ValueError as exc:
-            raise ConfigError(
-                f"{source} is not a valid list of files ({exc}); fix {option.names()}"
-            ) from None
+            raise ConfigError(f"{source} is not a valid list of files ({exc}); fix {option.names()}") from None
         paths = _expand(tuple(p if p.is_absolute() else base / p for p in items))
         for path in paths:
             if not path.is_file():
                 raise ConfigError(
-                    f"{option.name} file {str(path)!r} (from {source}) does not exist; "
-                    f"fix the path in {option.names()}"
+                    f"{option.name} file {str(path)!r} (from {source}) does not exist; fix the path in {option.names()}"
                 )
         return paths
     if option.name == "url":
