@@ -212,6 +212,10 @@ class PoolStats:
     error: str = ""
 
 
+#: Used pool clones waiting to be dropped before the pool drops them ahead of its refill.
+POOL_MAX_PENDING = 8
+
+
 class FreshPool:
     """``size`` pristine clones of ``template`` kept ready for one worker's tests.
 
@@ -287,17 +291,26 @@ class FreshPool:
             thread.join()
 
     # -- the thread ----------------------------------------------------------------------
+    @property
+    def ready(self) -> int:
+        """How many pristine clones are ready now."""
+        with self._cond:
+            return len(self._ready)
+
     def _next(self) -> tuple[str, str] | None:
         """The next thing to do (under the condition): a clone for a waiting test first,
-        then drops and keeps, then the refill; None to stop."""
+        then the refill, then drops and keeps (first when :data:`POOL_MAX_PENDING` wait: a
+        drop may cost more than a copy, e.g. PostgreSQL's checkpoint); None to stop."""
         while True:
             short = not self.stats.error and not self._closing
             if short and self._waiting and not self._ready:
                 return ("make", "")
-            if self._jobs:
+            if len(self._jobs) >= POOL_MAX_PENDING:
                 return self._jobs.popleft()
             if short and len(self._ready) < self.stats.size:
                 return ("make", "")
+            if self._jobs:
+                return self._jobs.popleft()
             if self._closing:
                 if self._ready:
                     return ("drop", self._ready.popleft())

@@ -109,25 +109,35 @@ def test_every_fresh_test_gets_a_pristine_database_of_its_own(project: Project, 
 def test_the_pool_is_lazy_and_refilled(project: Project, results_dir: Path) -> None:
     project.write(
         tests="""
-        import time, pytest
+        import os, time, pytest
+        from pytest_concurrent_db.state import get_state
 
         def test_plain(concurrent_db_connection):
             pass
 
-        @pytest.mark.parametrize("i", range(4))
-        def test_fresh(concurrent_db_fresh, i):
-            time.sleep(0.3)  # the pool refills meanwhile
+        @pytest.mark.parametrize("i", range(3))
+        def test_fresh(request, concurrent_db_fresh, i):
+            pool = get_state(request.config).databases.fresh_pool()
+            deadline = time.monotonic() + 60
+            while pool.ready < 2 and time.monotonic() < deadline:  # refilled while this test runs
+                time.sleep(0.05)
+            with open(os.path.join(os.environ["RESULTS_DIR"], f"ready-{i}"), "w") as fh:
+                fh.write(f"{pool.ready} {concurrent_db_fresh.name}")
         """
     )
     plain = project.run("-n", "2", "-k", "plain")
     plain.assert_outcomes(passed=1)
     assert "fresh databases" not in summary(plain)  # no pool without a fresh test
-    result = project.run("-p", "no:xdist", "--concurrent-db-pool", "1")
-    result.assert_outcomes(passed=5)
+    assert project.clones() == []
+    result = project.run("-p", "no:xdist", "--concurrent-db-pool", "2")
+    result.assert_outcomes(passed=4)
+    seen = [(results_dir / f"ready-{i}").read_text().split() for i in range(3)]
+    assert [ready for ready, _ in seen] == ["2", "2", "2"]  # full again after every take
+    assert len({name for _, name in seen}) == 3
     text = summary(result)
-    match = re.search(r"fresh databases: 4 used, (\d) made \(pool 1 per worker\)", text)
-    assert match, text
-    assert int(match.group(1)) == 5  # four used, one ready at the end: the pool was refilled each time
+    # three used, two ready at the end; only the first take waited for a copy
+    assert "fresh databases: 3 used, 5 made (pool 2 per worker)" in text, text
+    assert "pool never ran dry" in text
     assert project.clones() == []
 
 
@@ -167,7 +177,8 @@ def test_keep_failed_keeps_exactly_the_failed_tests_database(project: Project, r
     backend = project._backend()
     try:
         marker = backend.get_marker(bad)
-        assert marker is not None and marker.state == "kept"
+        assert marker is not None
+        assert marker.state == "kept"
         conn = backend.connect(bad)
         cur = conn.cursor()
         cur.execute("SELECT COUNT(*) FROM author")
