@@ -8,6 +8,8 @@ from pathlib import Path
 
 import pytest
 
+from tests.conftest import require_module
+
 from .conftest import Project, summary
 
 #: Every test records the fresh database it got and what it saw there, then changes it:
@@ -258,3 +260,63 @@ def test_environment_sets_the_pool(project: Project, monkeypatch: pytest.MonkeyP
     result = project.run("-p", "no:xdist")
     result.assert_outcomes(passed=1)
     assert "(pool 3 per worker)" in summary(result)
+
+
+def test_marker_points_the_sqlalchemy_session_at_the_fresh_database(project: Project) -> None:
+    require_module("sqlalchemy")
+    project.write(
+        tests="""
+        import pytest
+        from sqlalchemy import text
+
+        def _seen(session):
+            return session.execute(text("SELECT COUNT(*) FROM author")).scalar_one()
+
+        @pytest.mark.concurrent_db(fresh=True)
+        @pytest.mark.parametrize("i", range(3))
+        def test_fresh_session(concurrent_db, concurrent_db_fresh, concurrent_db_session, i):
+            url = concurrent_db_session.get_bind().engine.url
+            assert concurrent_db_fresh.name in url.database and concurrent_db_fresh.name != concurrent_db.name
+            assert _seen(concurrent_db_session) == 1
+            concurrent_db_session.execute(text("INSERT INTO author (name) VALUES ('x')"))
+            concurrent_db_session.commit()
+
+        def test_zz_back_on_the_worker_database(concurrent_db, concurrent_db_session):
+            url = concurrent_db_session.get_bind().engine.url
+            assert concurrent_db.name in url.database
+            assert _seen(concurrent_db_session) == 1
+        """
+    )
+    result = project.run("-p", "no:xdist")
+    result.assert_outcomes(passed=4)
+    assert "fresh databases: 3 used" in summary(result)
+    assert project.clones() == []
+
+
+def test_list_shows_the_pool_clones_of_a_live_run(project: Project, results_dir: Path) -> None:
+    if project.backend == "sqlite":
+        pytest.skip("list reads a server (SQLite clones are this run's temporary files)")
+    url = project.url.render(hide_password=False)
+    project.write(
+        tests=f"""
+        import os, time
+        from pytest_concurrent_db.__main__ import main
+        from pytest_concurrent_db.state import get_state
+
+        def test_listed(request, concurrent_db_fresh, capsys):
+            pool = get_state(request.config).databases.fresh_pool()
+            deadline = time.monotonic() + 60
+            while pool.ready < 2 and time.monotonic() < deadline:
+                time.sleep(0.05)
+            assert main(["list", "--url", {url!r}]) == 0
+            with open(os.path.join(os.environ["RESULTS_DIR"], "list"), "w") as fh:
+                fh.write(concurrent_db_fresh.name + "\\n" + capsys.readouterr().out)
+        """
+    )
+    project.run("-p", "no:xdist").assert_outcomes(passed=1)
+    name, *table = (results_dir / "list").read_text().splitlines()
+    rows = [line.split() for line in table if line.startswith(f"cdb_{project.base}_") and "_tpl_" not in line]
+    assert name in {row[0] for row in rows}
+    assert len(rows) == 4  # the worker's clone, the test's, and two ready in the pool: all live clones
+    assert {row[1] for row in rows} == {"clone"}
+    assert project.clones() == []
