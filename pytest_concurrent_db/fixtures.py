@@ -11,6 +11,7 @@ import pytest
 from .clones import ConcurrentDatabase, handle
 from .errors import ConcurrentDBError
 from .options import names
+from .spares import FreshPool
 from .state import WorkerConnection, get_state
 from .transactions import TransactionOptions, begin, transaction_options
 from .url import parse_url
@@ -171,8 +172,8 @@ def marker_options(request: pytest.FixtureRequest, backend: str) -> TransactionO
 
 #: the keyword arguments of ``@pytest.mark.concurrent_db``
 MARKER_KWARGS = {"isolation_level", "read_only", "fresh"}
-#: the fresh database of the running test (for ``--concurrent-db-keep-failed``)
-FRESH_KEY = pytest.StashKey[ConcurrentDatabase]()
+#: the fresh databases of the running test (for ``--concurrent-db-keep-failed``)
+FRESH_KEY = pytest.StashKey[list[ConcurrentDatabase]]()
 #: the reports of the running test's phases so far (``setup``, ``call``)
 PHASE_REPORTS_KEY = pytest.StashKey[dict[str, pytest.TestReport]]()
 
@@ -223,16 +224,23 @@ def concurrent_db_fresh(
         pytest.fail(f"concurrent-db: {error}", pytrace=False)
     database = handle(databases.backend, pool.template, name, state.run_id, state.worker_id)
     item = request.node
-    item.stash[FRESH_KEY] = database
+    fresh = item.stash.setdefault(FRESH_KEY, [])
+    fresh.append(database)
     try:
         yield database
     finally:
-        del item.stash[FRESH_KEY]
+        fresh.remove(database)
         database.close_thread_connections()
-        if state.settings.keep_failed and failed(item):
-            pool.keep(name)
-        else:
-            pool.release(name)
+        give_back(pool, name, keep=state.settings.keep_failed and failed(item))
+
+
+def give_back(pool: FreshPool, name: str, *, keep: bool) -> None:
+    """Return a used fresh database to its pool: kept (``--concurrent-db-keep-failed`` and its
+    test failed) or dropped, in the background."""
+    if keep:
+        pool.keep(name)
+    else:
+        pool.release(name)
 
 
 def kept_section(database: ConcurrentDatabase) -> tuple[str, str]:

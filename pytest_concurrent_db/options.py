@@ -108,6 +108,13 @@ OPTIONS: tuple[Option, ...] = (
         "until python -m pytest_concurrent_db prune",
     ),
     Option(
+        "fresh_transactional",
+        "bool",
+        False,
+        "pytest-django: every transactional test (django_db(transaction=True)) gets fresh clones of its "
+        "databases instead of a flush after it, as with @pytest.mark.concurrent_db(fresh=True)",
+    ),
+    Option(
         "isolation",
         "choice",
         "default",

@@ -208,9 +208,9 @@ def pytest_runtest_makereport(item: pytest.Item, call: pytest.CallInfo[None]) ->
     item.stash.setdefault(PHASE_REPORTS_KEY, {})[report.when] = report
     if report.failed and report.when in ("setup", "call"):
         state = item.config.stash.get(STATE_KEY, None)
-        database = item.stash.get(FRESH_KEY, None)
-        if state is not None and state.settings.keep_failed and database is not None:
-            report.sections.append(kept_section(database))
+        if state is not None and state.settings.keep_failed:
+            for database in item.stash.get(FRESH_KEY, []):
+                report.sections.append(kept_section(database))
 
 
 @pytest.hookimpl(hookwrapper=True)

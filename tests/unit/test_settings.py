@@ -70,6 +70,13 @@ NAMES = [
     ("spares", "spares", "--concurrent-db-spares", "concurrent_db_spares", "CONCURRENT_DB_SPARES"),
     ("pool", "int", "--concurrent-db-pool", "concurrent_db_pool", "CONCURRENT_DB_POOL"),
     ("keep_failed", "bool", "--concurrent-db-keep-failed", "concurrent_db_keep_failed", "CONCURRENT_DB_KEEP_FAILED"),
+    (
+        "fresh_transactional",
+        "bool",
+        "--concurrent-db-fresh-transactional",
+        "concurrent_db_fresh_transactional",
+        "CONCURRENT_DB_FRESH_TRANSACTIONAL",
+    ),
     ("isolation", "choice", "--concurrent-db-isolation", "concurrent_db_isolation", "CONCURRENT_DB_ISOLATION"),
     # SQLAlchemy and Alembic
     ("alembic_ini", "path", "--concurrent-db-alembic-ini", "concurrent_db_alembic_ini", "CONCURRENT_DB_ALEMBIC_INI"),
@@ -138,6 +145,7 @@ def test_resolve_reads_the_literal_names() -> None:
         "spares": "default",
         "pool": "default",
         "keep_failed": "default",
+        "fresh_transactional": "default",
         "isolation": "ini concurrent_db_isolation",
         **dict.fromkeys(SQLALCHEMY_OPTIONS, "default"),
     }
