@@ -212,18 +212,16 @@ class PoolStats:
     error: str = ""
 
 
-#: Used pool clones waiting to be dropped before the pool drops them ahead of its refill.
-POOL_MAX_PENDING = 8
-
-
 class FreshPool:
     """``size`` pristine clones of ``template`` kept ready for one worker's tests.
 
-    One background thread with its own backend (control connection, holding every pool
-    clone's liveness lock) makes them while the tests run, and drops (or keeps) the used
-    ones: :meth:`take` waits only when none is ready; :meth:`release` and :meth:`keep`
-    return at once.  The thread starts on the first :meth:`take` (a run that never asks
-    for a fresh database never pays for it); :meth:`close` drops what is left."""
+    One background thread (the maker) with its own backend (control connection, holding
+    every pool clone's liveness lock) makes them while the tests run; a second one (the
+    dropper, on a connection of its own) drops the used ones, so that a slow drop
+    (PostgreSQL's checkpoint) never holds up a refill.  :meth:`take` waits only when none is
+    ready; :meth:`release` and :meth:`keep` return at once.  The threads start on the first
+    :meth:`take` (a run that never asks for a fresh database never pays for them);
+    :meth:`close` drops what is left."""
 
     def __init__(self, template: Template, run_id: str, worker_id: str, size: int) -> None:
         self.template = template
@@ -232,10 +230,12 @@ class FreshPool:
         self.stats = PoolStats(size=size)
         self._cond = threading.Condition()
         self._ready: deque[str] = deque()
-        self._jobs: deque[tuple[str, str]] = deque()  # ("drop" | "keep", name)
+        self._jobs: deque[tuple[str, str]] = deque()  # the maker's: ("keep" | "unlock" | "drop", name)
+        self._drops: deque[str] = deque()  # the dropper's
         self._waiting = 0
         self._closing = False
-        self._thread: threading.Thread | None = None
+        self._dropper_done = False
+        self._threads: list[threading.Thread] = []
         self.drop_errors: list[str] = []
 
     # -- the tests' side ---------------------------------------------------------------
@@ -245,11 +245,11 @@ class FreshPool:
         with self._cond:
             if self._closing:
                 raise ConcurrentDBError("the pool of fresh databases is closed")
-            if self._thread is None:  # the first take waits for the first copy: not "dry"
-                self._thread = threading.Thread(
-                    target=self._run, name=f"concurrent-db pool {self.worker_id}", daemon=True
-                )
-                self._thread.start()
+            if not self._threads:  # the first take waits for the first copy: not "dry"
+                for target, job in ((self._make_loop, "pool"), (self._drop_loop, "drops")):
+                    thread = threading.Thread(target=target, name=f"concurrent-db {job} {self.worker_id}", daemon=True)
+                    thread.start()
+                    self._threads.append(thread)
             elif not self._ready:
                 self.stats.dry += 1
             self._waiting += 1
@@ -269,62 +269,54 @@ class FreshPool:
 
     def release(self, name: str) -> None:
         """Drop a used clone (in the background)."""
-        self._submit("drop", name)
+        with self._cond:
+            self._drops.append(name)
+            self._cond.notify_all()
 
     def keep(self, name: str) -> None:
         """Keep a used clone (marked kept, its lock released; in the background)."""
-        self.stats.kept.append(name)
-        self._submit("keep", name)
-
-    def _submit(self, job: str, name: str) -> None:
         with self._cond:
-            self._jobs.append((job, name))
+            self.stats.kept.append(name)
+            self._jobs.append(("keep", name))
             self._cond.notify_all()
 
     def close(self) -> None:
-        """Finish the pending drops and keeps, drop the unused clones, stop the thread."""
+        """Finish the pending drops and keeps, drop the unused clones, stop the threads."""
         with self._cond:
             self._closing = True
             self._cond.notify_all()
-            thread = self._thread
-        if thread is not None:
+            threads = list(self._threads)
+        for thread in threads:
             thread.join()
 
-    # -- the thread ----------------------------------------------------------------------
     @property
     def ready(self) -> int:
         """How many pristine clones are ready now."""
         with self._cond:
             return len(self._ready)
 
+    # -- the maker -------------------------------------------------------------------------
     def _next(self) -> tuple[str, str] | None:
-        """The next thing to do (under the condition): a clone for a waiting test first,
-        then the refill, then drops and keeps (first when :data:`POOL_MAX_PENDING` wait: a
-        drop may cost more than a copy, e.g. PostgreSQL's checkpoint); None to stop."""
+        """The maker's next job (under the condition): a clone for a waiting test first, then
+        keeps and unlocks (quick), then the refill; at the end, the unused clones are dropped
+        once the dropper is done.  None to stop."""
         while True:
             short = not self.stats.error and not self._closing
             if short and self._waiting and not self._ready:
                 return ("make", "")
-            if len(self._jobs) >= POOL_MAX_PENDING:
+            if self._jobs:
                 return self._jobs.popleft()
             if short and len(self._ready) < self.stats.size:
                 return ("make", "")
-            if self._jobs:
-                return self._jobs.popleft()
-            if self._closing:
+            if self._closing and self._dropper_done:
                 if self._ready:
                     return ("drop", self._ready.popleft())
                 return None
             self._cond.wait()
 
-    def _run(self) -> None:
-        site = self.template.site
-        try:
-            backend = site.open_backend(self.run_id, self.worker_id, "pool")
-        except Exception as exc:
-            with self._cond:
-                self.stats.error = str(exc) or type(exc).__name__
-                self._cond.notify_all()
+    def _make_loop(self) -> None:
+        backend = self._open()
+        if backend is None:
             return
         try:
             while True:
@@ -332,12 +324,12 @@ class FreshPool:
                     job = self._next()
                 if job is None:
                     return
-                self._do(backend, *job)
+                self._make_job(backend, *job)
         finally:
             with contextlib.suppress(Exception):
                 backend.close()  # releases the locks of anything still held
 
-    def _do(self, backend: Backend, job: str, name: str) -> None:
+    def _make_job(self, backend: Backend, job: str, name: str) -> None:
         from .clones import drop_clone, keep_clone
 
         try:
@@ -351,13 +343,58 @@ class FreshPool:
                     self._cond.notify_all()
             elif job == "keep":
                 keep_clone(backend, name)
+            elif job == "unlock":  # dropped by the dropper
+                backend.release_lock(f"clone:{name}")
             else:
                 drop_clone(backend, name)
         except Exception as exc:
-            message = str(exc) or type(exc).__name__
-            with self._cond:
-                if job == "make":
-                    self.stats.error = message  # the waiting tests fail with it; no more attempts
+            self._failed(job, name, exc)
+
+    # -- the dropper -------------------------------------------------------------------------
+    def _drop_loop(self) -> None:
+        backend = self._open("drops", quiet=True)
+        try:
+            while True:
+                with self._cond:
+                    while not self._drops and not self._closing:
+                        self._cond.wait()
+                    if not self._drops:
+                        return
+                    name = self._drops.popleft()
+                if backend is None:  # no connection of its own: the maker drops it
+                    job = "drop"
                 else:
-                    self.drop_errors.append(f"{name}: {message}")
+                    job = "unlock"  # its lock, held by the maker's connection, is free then
+                    try:
+                        backend.drop(name)
+                    except Exception:  # the maker tries again on its connection (and says why)
+                        job = "drop"
+                with self._cond:
+                    self._jobs.append((job, name))
+                    self._cond.notify_all()
+        finally:
+            with self._cond:
+                self._dropper_done = True
                 self._cond.notify_all()
+            if backend is not None:
+                with contextlib.suppress(Exception):
+                    backend.close()
+
+    # -- both --------------------------------------------------------------------------------
+    def _open(self, purpose: str = "pool", *, quiet: bool = False) -> Backend | None:
+        """A backend of this thread's own; None if it cannot connect (an error for the maker)."""
+        try:
+            return self.template.site.open_backend(self.run_id, self.worker_id, purpose)
+        except Exception as exc:
+            if not quiet:
+                self._failed("make", "", exc)
+            return None
+
+    def _failed(self, job: str, name: str, exc: Exception) -> None:
+        message = str(exc) or type(exc).__name__
+        with self._cond:
+            if job == "make":
+                self.stats.error = message  # the waiting tests fail with it; no more attempts
+            else:
+                self.drop_errors.append(f"{name}: {message}")
+            self._cond.notify_all()
