@@ -132,7 +132,7 @@ def _fresh_line(ordered: Sequence[WorkerReport]) -> str | None:
     ran = f"pool ran dry {dry} time{'s' if dry != 1 else ''}" if dry else "pool never ran dry"
     kept = [name for r in ordered for name in r.fresh_kept]
     line = (
-        f"fresh databases: {used} used, {made} made (pool {pool} per worker); waited for the pool "
+        f"fresh clones: {used} used, {made} made (pool {pool} per worker); waited for the pool "
         f"min {low * 1000:.1f} ms, median {median * 1000:.1f} ms, max {high * 1000:.1f} ms; {ran}"
     )
     if kept:
@@ -141,7 +141,7 @@ def _fresh_line(ordered: Sequence[WorkerReport]) -> str | None:
 
 
 def _fresh_error_lines(ordered: Sequence[WorkerReport]) -> list[str]:
-    return [f"fresh databases: {r.worker_id}: {r.fresh_error}" for r in ordered if r.fresh_error]
+    return [f"fresh clones: {r.worker_id}: {r.fresh_error}" for r in ordered if r.fresh_error]
 
 
 def _teardown_line(ordered: Sequence[WorkerReport]) -> str | None:

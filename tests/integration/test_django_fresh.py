@@ -81,8 +81,8 @@ def test_transactional_tests_get_fresh_clones_instead_of_a_flush(django_project:
     assert all(record["names"] == seeded for record in worker)
     assert not {r["databases"]["default"] for r in worker} & set(defaults)  # type: ignore[index]
     text = result.stdout.str()
-    assert "fresh databases: 5 used" in text  # default: every fresh test
-    assert "fresh databases: 3 used" in text  # analytics: the tests that use it
+    assert "fresh clones: 5 used" in text  # default: every fresh test
+    assert "fresh clones: 3 used" in text  # analytics: the tests that use it
     assert project.leftovers(run_id(result)) == []
 
 

@@ -102,7 +102,7 @@ def test_every_fresh_test_gets_a_pristine_database_of_its_own(project: Project, 
     assert {(books, authors, scratch) for _, books, authors, scratch in worker} == {(0, 1, False)}
     assert not {name for name, *_ in worker} & set(names)
     text = summary(result)
-    match = re.search(r"fresh databases: 6 used, (\d+) made \(pool 2 per worker\); waited for the pool min", text)
+    match = re.search(r"fresh clones: 6 used, (\d+) made \(pool 2 per worker\); waited for the pool min", text)
     assert match, text
     assert int(match.group(1)) >= 6  # refilled while the tests ran (each worker started with 2)
     assert project.clones() == []  # used and unused pool clones dropped
@@ -129,7 +129,7 @@ def test_the_pool_is_lazy_and_refilled(project: Project, results_dir: Path) -> N
     )
     plain = project.run("-n", "2", "-k", "plain")
     plain.assert_outcomes(passed=1)
-    assert "fresh databases" not in summary(plain)  # no pool without a fresh test
+    assert "fresh clones" not in summary(plain)  # no pool without a fresh test
     assert project.clones() == []
     result = project.run("-p", "no:xdist", "--concurrent-db-pool", "2")
     result.assert_outcomes(passed=4)
@@ -138,7 +138,7 @@ def test_the_pool_is_lazy_and_refilled(project: Project, results_dir: Path) -> N
     assert len({name for _, name in seen}) == 3
     text = summary(result)
     # three used, two ready at the end; only the first take waited for a copy
-    assert "fresh databases: 3 used, 5 made (pool 2 per worker)" in text, text
+    assert "fresh clones: 3 used, 5 made (pool 2 per worker)" in text, text
     assert "pool never ran dry" in text
     assert project.clones() == []
 
@@ -289,7 +289,7 @@ def test_marker_points_the_sqlalchemy_session_at_the_fresh_database(project: Pro
     )
     result = project.run("-p", "no:xdist")
     result.assert_outcomes(passed=4)
-    assert "fresh databases: 3 used" in summary(result)
+    assert "fresh clones: 3 used" in summary(result)
     assert project.clones() == []
 
 

@@ -165,8 +165,8 @@ def test_fresh_databases_waits_and_a_dry_pool() -> None:
             worker("gw1", fresh_used=2, fresh_made=3, fresh_pool=2, fresh_waits=[0.3, 0.004], fresh_dry=1),
         ]
     )
-    assert terminal.starting("fresh databases") == [
-        "fresh databases: 5 used, 8 made (pool 2 per worker); waited for the pool "
+    assert terminal.starting("fresh clones") == [
+        "fresh clones: 5 used, 8 made (pool 2 per worker); waited for the pool "
         "min 1.0 ms, median 4.0 ms, max 300.0 ms; pool ran dry 1 time"
     ]
 
@@ -175,14 +175,14 @@ def test_fresh_databases_kept_and_a_pool_that_never_ran_dry() -> None:
     terminal = summarize(
         [worker("gw0", fresh_used=1, fresh_made=3, fresh_pool=2, fresh_waits=[0.5], fresh_kept=["cdb_x_f1"])]
     )
-    (line,) = terminal.starting("fresh databases")
+    (line,) = terminal.starting("fresh clones")
     assert line.endswith("pool never ran dry; kept for failed tests: 1 (cdb_x_f1)")
 
 
 def test_no_fresh_line_without_fresh_databases_and_an_error_in_yellow() -> None:
     assert not summarize([worker("gw0")]).starting("fresh")
     terminal = summarize([worker("gw0", fresh_used=1, fresh_waits=[0.1], fresh_error="disk full")])
-    assert ("fresh databases: gw0: disk full", {"yellow": True}) in terminal.lines
+    assert ("fresh clones: gw0: disk full", {"yellow": True}) in terminal.lines
 
 
 def test_teardown_line_names_the_slowest_worker() -> None:
