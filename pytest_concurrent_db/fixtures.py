@@ -212,6 +212,7 @@ def concurrent_db_fresh(
     in the failure report.  ``@pytest.mark.concurrent_db(fresh=True)`` points
     ``concurrent_db_connection`` and ``concurrent_db_session`` at it.
     """
+    fresh_requested(request)  # a bad fresh= value fails here too, with one line
     state = get_state(request.config)
     databases = state.get_databases()
     error = ""
