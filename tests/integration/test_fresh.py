@@ -4,13 +4,19 @@ from each worker's warm pool, in real ``pytest -n 2`` runs on every backend."""
 from __future__ import annotations
 
 import re
+import secrets
+import textwrap
+import time
 from pathlib import Path
 
 import pytest
 
-from tests.conftest import require_module
+from pytest_concurrent_db.backends import load_backend
+from pytest_concurrent_db.template import schema_populator
+from pytest_concurrent_db.url import DatabaseURL
+from tests.conftest import drop_ours, require_module, worker_databases
 
-from .conftest import Project, summary
+from .conftest import SCHEMAS, Project, summary
 
 #: Every test records the fresh database it got and what it saw there, then changes it:
 #: a row, a table (DDL) and a row committed by a thread of its own.
@@ -313,10 +319,51 @@ def test_list_shows_the_pool_clones_of_a_live_run(project: Project, results_dir:
                 fh.write(concurrent_db_fresh.name + "\\n" + capsys.readouterr().out)
         """
     )
-    project.run("-p", "no:xdist").assert_outcomes(passed=1)
+    project.run("-p", "no:xdist", "--concurrent-db-spares", "0").assert_outcomes(passed=1)
     name, *table = (results_dir / "list").read_text().splitlines()
     rows = [line.split() for line in table if line.startswith(f"cdb_{project.base}_") and "_tpl_" not in line]
     assert name in {row[0] for row in rows}
     assert len(rows) == 4  # the worker's clone, the test's, and two ready in the pool: all live clones
     assert {row[1] for row in rows} == {"clone"}
     assert project.clones() == []
+
+
+def test_the_pool_engine_makes_hands_out_drops_and_keeps(backend_url: DatabaseURL, tmp_path: Path) -> None:
+    """FreshPool without pytest: lazy, refilled to its size, used clones dropped, kept ones kept."""
+    base = "pe" + secrets.token_hex(3)
+    url = backend_url.with_database(str(tmp_path / f"{base}.db") if backend_url.backend == "sqlite" else base)
+    databases = worker_databases(url, run_id=secrets.token_hex(4), worker_id="gw0", lock_dir=tmp_path)
+    databases.pool_size = 2
+    try:
+        databases.ensure_template([schema_populator(_schema(tmp_path, backend_url.backend))])
+        pool = databases.fresh_pool()
+        assert pool.ready == 0  # nothing made before the first take
+        first = pool.take()
+        deadline = time.monotonic() + 60
+        while pool.ready < 2 and time.monotonic() < deadline:
+            time.sleep(0.02)
+        assert pool.ready == 2
+        second = pool.take()
+        assert first != second
+        pool.release(first)
+        pool.keep(second)
+        databases.close_pool()
+        names = {i.name: i.marker for i in databases.backend.list_databases(f"cdb_{base}_")}
+        assert [n for n in names if "_tpl_" not in n] == [second]  # used and unused ones dropped
+        marker = names[second]
+        assert marker is not None
+        assert (marker.kind, marker.state) == ("clone", "kept")
+        stats = databases.stats
+        assert (stats.fresh_used, stats.fresh_pool, stats.fresh_kept) == (2, 2, [second])
+        assert stats.fresh_made in (3, 4)  # the refill after the second take may not have begun
+        assert stats.fresh_dry == 0
+        assert not stats.fresh_error
+    finally:
+        databases.close()
+        drop_ours(load_backend(url, template_dir=tmp_path, clone_dir=tmp_path), f"cdb_{base}_")
+
+
+def _schema(directory: Path, backend: str) -> Path:
+    path = directory / "schema.sql"
+    path.write_text(textwrap.dedent(SCHEMAS[backend]))
+    return path
