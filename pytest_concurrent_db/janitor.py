@@ -130,7 +130,9 @@ def ready_builds(infos: Iterable[DatabaseInfo]) -> set[tuple[str, str]]:
     }
 
 
-def reapable(marker: Marker, run_id: str, builds: set[tuple[str, str]], start: ServerStart | None = None) -> bool:
+def reapable(
+    marker: Marker, run_id: str, builds: set[tuple[str, str]], start: ServerStart | None = None
+) -> bool:
     """Left by a dead run, seen from run ``run_id``: clones of other runs (unless kept),
     unfinished templates, and spares that are unfinished or whose build of their template
     (``builds``, from :func:`ready_builds`) is gone; none whose owner is

@@ -154,7 +154,9 @@ def _backend_of(connection: Any) -> str:
     for prefix, backend in (("psycopg", "postgresql"), ("pymysql", "mysql"), ("sqlite3", "sqlite")):
         if module.startswith(prefix):
             return backend
-    raise ConfigError(f"load_batches takes a psycopg 3, PyMySQL or sqlite3 connection, not {type(connection).__name__}")
+    raise ConfigError(
+        f"load_batches takes a psycopg 3, PyMySQL or sqlite3 connection, not {type(connection).__name__}"
+    )
 
 
 def _quote(backend: str, name: str) -> str:

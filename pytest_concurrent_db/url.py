@@ -124,7 +124,9 @@ def parse_url(text: str) -> DatabaseURL:
         ) from None
     database = unquote(parts.path.lstrip("/"))
     if "/" in database:
-        raise ConfigError(f"malformed database URL {_redact(text)!r}: the path must be a single database name; {_FIX}")
+        raise ConfigError(
+            f"malformed database URL {_redact(text)!r}: the path must be a single database name; {_FIX}"
+        )
     query = tuple(parse_qsl(parts.query))
     host = parts.hostname or (None if any(key == "host" for key, _ in query) else "127.0.0.1")
     return DatabaseURL(

@@ -192,7 +192,9 @@ def capture_recipe(cursor: Any, template: str) -> dict[str, Any]:
     schemata, tables_rows, column_rows, trigger_rows, routine_rows, event_rows = meta
     schema_row = next((row for row in schemata if row[0] == template), None)
     if schema_row is None:
-        raise ConcurrentDBError(f"cannot capture the clone recipe of MySQL database {template!r}: it does not exist")
+        raise ConcurrentDBError(
+            f"cannot capture the clone recipe of MySQL database {template!r}: it does not exist"
+        )
     tables = [str(r[0]) for r in tables_rows if r[1] in _BASE_TABLE_TYPES]
     views = [str(r[0]) for r in tables_rows if r[1] == "VIEW"]
     sequences = [str(r[0]) for r in tables_rows if r[1] == "SEQUENCE"]

@@ -88,7 +88,9 @@ class MySQLRegistry(MySQLControl):
     def _claim(self, name: str, marker: Marker) -> bool:
         """Write ``name``'s registry row; False if the database already exists (ours or not)."""
         if len(name) > self.max_name_length:
-            raise ConcurrentDBError(f"MySQL database name {name!r} is longer than {self.max_name_length} characters")
+            raise ConcurrentDBError(
+                f"MySQL database name {name!r} is longer than {self.max_name_length} characters"
+            )
         self._ensure_registry()
         try:
             self._execute("INSERT INTO " + REGISTRY_TABLE + " (name, marker) VALUES (%s, %s)", (name, marker.encode()))

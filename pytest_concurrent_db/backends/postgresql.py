@@ -65,7 +65,8 @@ class PostgreSQLBackend(PostgreSQLControl):
     ) -> None:
         if strategy and strategy.lower() not in _STRATEGIES:
             raise ConfigError(
-                f"unknown PostgreSQL clone strategy {strategy!r}: use wal_log or file_copy ({names('clone_strategy')})"
+                f"unknown PostgreSQL clone strategy {strategy!r}: use "
+                f"wal_log or file_copy ({names('clone_strategy')})"
             )
         super().__init__(url, application_name=application_name)
         self.strategy = strategy.lower() if strategy else None
@@ -168,7 +169,8 @@ class PostgreSQLBackend(PostgreSQLControl):
                 raise ConcurrentDBError(f"cannot {what}: database {name!r} already exists") from None
             except errors.InsufficientPrivilege as exc:
                 raise PrivilegeError(
-                    f"cannot {what}: {reason_of(exc)}; run {self._grant_fix()} as a superuser, or {FIX_URL}"
+                    f"cannot {what}: {reason_of(exc)}; run "
+                    f"{self._grant_fix()} as a superuser, or {FIX_URL}"
                 ) from None
             except errors.InvalidCatalogName:
                 raise ConcurrentDBError(
