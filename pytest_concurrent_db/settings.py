@@ -160,7 +160,9 @@ def _convert(option: Option, value: Any, source: str, base: Path) -> Any:
         except ValueError:
             number = -1.0
         if not number > 0:
-            raise ConfigError(f"{source} must be a positive number of seconds, not {value!r}; fix {option.names()}")
+            raise ConfigError(
+                f"{source} must be a positive number of seconds, not {value!r}; fix {option.names()}"
+            )
         return number
     if option.kind == "spares" and str(value).strip().lower() == "auto":
         return "auto"
@@ -179,7 +181,8 @@ def _convert(option: Option, value: Any, source: str, base: Path) -> Any:
         text = str(value).strip().lower()
         if text not in option.choices:
             raise ConfigError(
-                f"{source} must be one of {', '.join(option.choices)}, not {value!r}; fix {option.names()}"
+                f"{source} must be one of {', '.join(option.choices)}, not {value!r}; "
+                f"fix {option.names()}"
             )
         return text
     if option.kind == "path":
@@ -195,12 +198,15 @@ def _convert(option: Option, value: Any, source: str, base: Path) -> Any:
         try:
             items = _split_paths(value)
         except ValueError as exc:
-            raise ConfigError(f"{source} is not a valid list of files ({exc}); fix {option.names()}") from None
+            raise ConfigError(
+                f"{source} is not a valid list of files ({exc}); fix {option.names()}"
+            ) from None
         paths = _expand(tuple(p if p.is_absolute() else base / p for p in items))
         for path in paths:
             if not path.is_file():
                 raise ConfigError(
-                    f"{option.name} file {str(path)!r} (from {source}) does not exist; fix the path in {option.names()}"
+                    f"{option.name} file {str(path)!r} (from {source}) does not exist; "
+                    f"fix the path in {option.names()}"
                 )
         return paths
     if option.name == "url":
