@@ -23,7 +23,7 @@ from __future__ import annotations
 
 import time
 import warnings
-from collections.abc import Iterable, Iterator
+from collections.abc import Generator, Iterable, Iterator
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -42,6 +42,7 @@ from .django_common import (
     server_error,
     url_and_base,
 )
+from .django_fresh import FreshDjango, wants_fresh
 from .errors import ConcurrentDBError
 from .fixtures import report_isolation
 from .state import PluginState, get_state
@@ -251,6 +252,34 @@ class DjangoIntegration:
         stats.failures += bool(more_errors)
         stats.warnings += bool(more_warns)
         stats.check_seconds += time.perf_counter() - started
+
+
+# -- fresh clones for transactional tests (django_fresh) -----------------------------------------
+_FRESH_KEY = pytest.StashKey[FreshDjango]()
+
+
+@pytest.hookimpl(hookwrapper=True)
+def pytest_runtest_setup(item: pytest.Item) -> Generator[None, Any, None]:
+    """Before the test's fixtures: a transactional test that wants fresh clones
+    (``@pytest.mark.concurrent_db(fresh=True)``, ``--concurrent-db-fresh-transactional``)
+    gets them when Django's test case sets it up, instead of a flush after it."""
+    integration = _integration(item.config)
+    if wants_fresh(item, integration.state.settings.fresh_transactional):
+        fresh = FreshDjango(integration, item)
+        fresh.install()
+        item.stash[_FRESH_KEY] = fresh
+    yield
+
+
+@pytest.hookimpl(hookwrapper=True)
+def pytest_runtest_teardown(item: pytest.Item) -> Generator[None, Any, None]:
+    """After the test's fixtures: back on the worker's clones; the fresh ones are dropped
+    (or kept) in the background."""
+    yield
+    fresh = item.stash.get(_FRESH_KEY, None)
+    if fresh is not None:
+        del item.stash[_FRESH_KEY]
+        fresh.finish()
 
 
 # -- helpers ---------------------------------------------------------------------------------

@@ -8,16 +8,19 @@ from typing import Any
 
 import pytest
 
-from .clones import ConcurrentDatabase
+from .clones import ConcurrentDatabase, handle
 from .errors import ConcurrentDBError
 from .options import names
+from .spares import FreshPool
 from .state import WorkerConnection, get_state
 from .transactions import TransactionOptions, begin, transaction_options
+from .url import parse_url
 
 __all__ = [
     "ConcurrentDBIsolationWarning",
     "concurrent_db",
     "concurrent_db_connection",
+    "concurrent_db_fresh",
     "concurrent_db_populate",
     "concurrent_db_transaction",
     "concurrent_db_url",
@@ -95,11 +98,22 @@ def concurrent_db_connection(
 ) -> Iterator[Any]:
     """The worker's DB-API connection to its own database (one per worker, reused by tests).
 
+    With ``@pytest.mark.concurrent_db(fresh=True)`` it is a new connection to the test's
+    own fresh database (:func:`concurrent_db_fresh`) instead, closed after the test.
+
     After each test the isolation check runs (``--concurrent-db-isolation``): the
     connection must still be on this worker's clone, the clone must carry this
     worker's marker and the template must be unchanged (errors); an open
     transaction is rolled back and reported (a warning by default).
     """
+    if fresh_requested(request):  # @pytest.mark.concurrent_db(fresh=True): this test's own clone
+        database: ConcurrentDatabase = request.getfixturevalue("concurrent_db_fresh")
+        connection = database.connect()
+        try:
+            yield connection
+        finally:
+            connection.close()
+        return
     holder = _concurrent_db_worker_connection
     yield holder.connection
     errors, warns = holder.check()
@@ -140,11 +154,11 @@ def marker_options(request: pytest.FixtureRequest, backend: str) -> TransactionO
     marker = request.node.get_closest_marker("concurrent_db")
     if marker is None:
         return TransactionOptions()
-    unknown = sorted(set(marker.kwargs) - {"isolation_level", "read_only"}) or (["positional"] if marker.args else [])
+    unknown = sorted(set(marker.kwargs) - MARKER_KWARGS) or (["positional"] if marker.args else [])
     error = ""
     if unknown:
         error = (
-            f"concurrent-db: @pytest.mark.concurrent_db takes isolation_level= and read_only= only, "
+            f"concurrent-db: @pytest.mark.concurrent_db takes isolation_level=, read_only= and fresh= only, "
             f"not {', '.join(unknown)}"
         )
     else:
@@ -154,3 +168,88 @@ def marker_options(request: pytest.FixtureRequest, backend: str) -> TransactionO
         except ConcurrentDBError as exc:
             error = str(exc)
     pytest.fail(error, pytrace=False)
+
+
+#: the keyword arguments of ``@pytest.mark.concurrent_db``
+MARKER_KWARGS = {"isolation_level", "read_only", "fresh"}
+#: the fresh databases of the running test (for ``--concurrent-db-keep-failed``)
+FRESH_KEY = pytest.StashKey[list[ConcurrentDatabase]]()
+#: the reports of the running test's phases so far (``setup``, ``call``)
+PHASE_REPORTS_KEY = pytest.StashKey[dict[str, pytest.TestReport]]()
+
+
+def fresh_requested(request: pytest.FixtureRequest) -> bool:
+    """Whether the test is marked ``@pytest.mark.concurrent_db(fresh=True)`` (a value
+    other than True or False fails the test with one line)."""
+    __tracebackhide__ = True
+    marker = request.node.get_closest_marker("concurrent_db")
+    if marker is None:
+        return False
+    fresh = marker.kwargs.get("fresh", False)
+    if not isinstance(fresh, bool):
+        pytest.fail(
+            f"concurrent-db: @pytest.mark.concurrent_db(fresh=...) must be True or False, not {fresh!r}", pytrace=False
+        )
+    return fresh
+
+
+def failed(item: pytest.Item) -> bool:
+    """Whether the test failed so far (its setup or its call)."""
+    return any(report.failed for report in item.stash.get(PHASE_REPORTS_KEY, {}).values())
+
+
+@pytest.fixture
+def concurrent_db_fresh(
+    request: pytest.FixtureRequest, concurrent_db: ConcurrentDatabase
+) -> Iterator[ConcurrentDatabase]:
+    """A database made for this test only, dropped after it (function scope).
+
+    The same kind of handle as ``concurrent_db`` (``url``, ``name``, ``connect()``...), of a
+    pristine clone of the template taken from the worker's warm pool
+    (``--concurrent-db-pool``, default 2 ready clones, refilled in the background): whatever
+    the test or its threads commit, create or drop there vanishes with it.  With
+    ``--concurrent-db-keep-failed`` the database of a failed test is kept and its URL shown
+    in the failure report.  ``@pytest.mark.concurrent_db(fresh=True)`` points
+    ``concurrent_db_connection`` and ``concurrent_db_session`` at it.
+    """
+    fresh_requested(request)  # a bad fresh= value fails here too, with one line
+    state = get_state(request.config)
+    databases = state.get_databases()
+    error = ""
+    try:
+        pool = databases.fresh_pool()
+        name = pool.take()
+    except ConcurrentDBError as exc:
+        error = str(exc)
+    if error:
+        pytest.fail(f"concurrent-db: {error}", pytrace=False)
+    database = handle(databases.backend, pool.template, name, state.run_id, state.worker_id)
+    item = request.node
+    fresh = item.stash.setdefault(FRESH_KEY, [])
+    fresh.append(database)
+    try:
+        yield database
+    finally:
+        fresh.remove(database)
+        database.close_thread_connections()
+        give_back(pool, name, keep=state.settings.keep_failed and failed(item))
+
+
+def give_back(pool: FreshPool, name: str, *, keep: bool) -> None:
+    """Return a used fresh database to its pool: kept (``--concurrent-db-keep-failed`` and its
+    test failed) or dropped, in the background."""
+    if keep:
+        pool.keep(name)
+    else:
+        pool.release(name)
+
+
+def kept_section(database: ConcurrentDatabase) -> tuple[str, str]:
+    """The failure report's section naming a kept fresh database (password hidden)."""
+    url = parse_url(database.url).render(hide_password=True)
+    return (
+        "concurrent-db",
+        f"fresh database kept (--concurrent-db-keep-failed): {database.name}\n"
+        f"  url: {url}\n"
+        f"  remove it with: python -m pytest_concurrent_db prune",
+    )

@@ -18,6 +18,7 @@ __all__ = [
     "PREFIX",
     "clone_name",
     "fit",
+    "fresh_name",
     "lock_key",
     "new_run_id",
     "sanitize",
@@ -69,6 +70,11 @@ def clone_name(base: str, run_id: str, worker_id: str) -> str:
 def spare_name(base: str, worker_id: str) -> str:
     """``cdb_<base>_sp<token>_<worker>``: a pristine clone made for the next run's worker."""
     return fit(f"{PREFIX}{sanitize(base)}_sp{secrets.token_hex(3)}_{sanitize(worker_id, 16)}")
+
+
+def fresh_name(base: str, run_id: str, worker_id: str) -> str:
+    """``cdb_<base>_<run>_<worker>_f<token>``: a pool clone for one test (a fresh database)."""
+    return fit(f"{clone_name(base, run_id, worker_id)}_f{secrets.token_hex(3)}")
 
 
 def lock_key(name: str) -> int:

@@ -94,6 +94,28 @@ OPTIONS: tuple[Option, ...] = (
         metavar="N|auto",
     ),
     Option(
+        "pool",
+        "int",
+        2,
+        "Pristine clones each worker keeps ready for concurrent_db_fresh and concurrent_db(fresh=True), "
+        "made by one background thread once a test first asks for one (default: 2; 0: copy on demand)",
+        metavar="N",
+    ),
+    Option(
+        "keep_failed",
+        "bool",
+        False,
+        "Keep the fresh database of a failed test (marked kept; its URL is shown in the failure report) "
+        "until python -m pytest_concurrent_db prune",
+    ),
+    Option(
+        "fresh_transactional",
+        "bool",
+        False,
+        "pytest-django: every transactional test (django_db(transaction=True)) gets fresh clones of its "
+        "databases instead of a flush after it, as with @pytest.mark.concurrent_db(fresh=True)",
+    ),
+    Option(
         "isolation",
         "choice",
         "default",

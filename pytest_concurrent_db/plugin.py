@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import importlib.util
-from collections.abc import Iterator
+from collections.abc import Generator, Iterator
 from pathlib import Path
 from typing import Any
 
@@ -13,12 +13,16 @@ from . import hookspecs
 from . import settings as settings_module
 from .errors import ConcurrentDBError, ConfigError
 from .fixtures import (
+    FRESH_KEY,
+    PHASE_REPORTS_KEY,
     _concurrent_db_worker_connection,
     concurrent_db,
     concurrent_db_connection,
+    concurrent_db_fresh,
     concurrent_db_populate,
     concurrent_db_transaction,
     concurrent_db_url,
+    kept_section,
 )
 from .naming import new_run_id
 from .report import WorkerReport
@@ -30,6 +34,7 @@ __all__ = [
     "_concurrent_db_worker_connection",
     "concurrent_db",
     "concurrent_db_connection",
+    "concurrent_db_fresh",
     "concurrent_db_populate",
     "concurrent_db_transaction",
     "concurrent_db_url",
@@ -114,8 +119,9 @@ def pytest_configure(config: pytest.Config) -> None:
             raise pytest.UsageError(str(exc)) from None
     config.addinivalue_line(
         "markers",
-        "concurrent_db(isolation_level=None, read_only=False): the transaction of concurrent_db_session and "
-        "concurrent_db_transaction: READ UNCOMMITTED, READ COMMITTED, REPEATABLE READ or SERIALIZABLE; read-only",
+        "concurrent_db(isolation_level=None, read_only=False, fresh=False): the transaction of concurrent_db_session "
+        "and concurrent_db_transaction: READ UNCOMMITTED, READ COMMITTED, REPEATABLE READ or SERIALIZABLE; "
+        "read-only; fresh: concurrent_db_connection and concurrent_db_session on a database made for the test",
     )
     if settings.enabled and importlib.util.find_spec("sqlalchemy") is not None:
         from .sqla import fixtures as sqlalchemy_fixtures
@@ -195,6 +201,20 @@ def pytest_sessionstart(session: pytest.Session) -> None:
         state.close()
         state.databases = None
         raise pytest.UsageError(str(exc)) from None
+
+
+@pytest.hookimpl(hookwrapper=True)  # old style: pytest 7.4 has no wrapper=True
+def pytest_runtest_makereport(item: pytest.Item, call: pytest.CallInfo[None]) -> Generator[None, Any, None]:
+    """Remember each phase's report on the item (``--concurrent-db-keep-failed`` keeps the
+    fresh database of a failed test) and name the kept database in the failure report."""
+    outcome = yield
+    report: pytest.TestReport = outcome.get_result()
+    item.stash.setdefault(PHASE_REPORTS_KEY, {})[report.when] = report
+    if report.failed and report.when in ("setup", "call"):
+        state = item.config.stash.get(STATE_KEY, None)
+        if state is not None and state.settings.keep_failed:
+            for database in item.stash.get(FRESH_KEY, []):
+                report.sections.append(kept_section(database))
 
 
 @pytest.hookimpl(hookwrapper=True)

@@ -52,6 +52,18 @@ class WorkerReport:
     spare_seconds: float = 0.0
     spare_wait_seconds: float = 0.0
     spare_error: str = ""
+    #: fresh databases (``concurrent_db_fresh``) handed to tests, from a pool of ``fresh_pool``
+    fresh_used: int = 0
+    fresh_pool: int = 0
+    #: pristine clones the pool made (used ones plus those still ready at the end)
+    fresh_made: int = 0
+    #: how long each test waited for its fresh database (seconds)
+    fresh_waits: list[float] = field(default_factory=list)
+    #: how many tests found the pool empty (besides the first, which starts the pool)
+    fresh_dry: int = 0
+    #: fresh databases of failed tests kept (``--concurrent-db-keep-failed``)
+    fresh_kept: list[str] = field(default_factory=list)
+    fresh_error: str = ""
     checks: int = 0
     warnings: int = 0
     failures: int = 0

@@ -44,6 +44,12 @@ class Settings:
     keep_templates: int = 2
     clone_strategy: str = "auto"
     spares: int | str = "auto"
+    #: ``--concurrent-db-pool``: pristine clones per worker kept ready for fresh databases
+    pool: int = 2
+    #: ``--concurrent-db-keep-failed``: keep the fresh database of a failed test
+    keep_failed: bool = False
+    #: ``--concurrent-db-fresh-transactional``: Django's transactional tests on fresh clones
+    fresh_transactional: bool = False
     isolation: str = "default"
     alembic_ini: Path | None = None
     alembic_env: str = ""
@@ -74,9 +80,9 @@ class Settings:
                 parts.append(f"{name.replace('_', '-')}={getattr(self, name)} [{self.sources.get(name)}]")
         if self.seed:
             parts.append(f"seed={' '.join(p.name for p in self.seed)} [{self.sources.get('seed')}]")
-        for name in ("keep", "rebuild"):
+        for name in ("keep", "rebuild", "keep_failed", "fresh_transactional"):
             if getattr(self, name):
-                parts.append(f"{name} [{self.sources.get(name)}]")
+                parts.append(f"{name.replace('_', '-')} [{self.sources.get(name)}]")
         shown: dict[str, object] = {
             "lock_timeout": f"{self.lock_timeout:g}s",
             "spares": self.spares,

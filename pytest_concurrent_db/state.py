@@ -82,7 +82,11 @@ class PluginState:
     def new_databases(self, url: DatabaseURL, *, base: str | None = None) -> WorkerDatabases:
         """The databases of this process on ``url`` (run id, worker id, settings)."""
         return WorkerDatabases(
-            self.site(url, base=base), run_id=self.run_id, worker_id=self.worker_id, spares=self.settings.spares
+            self.site(url, base=base),
+            run_id=self.run_id,
+            worker_id=self.worker_id,
+            spares=self.settings.spares,
+            pool=self.settings.pool,
         )
 
     def get_databases(self) -> WorkerDatabases:

@@ -7,6 +7,7 @@ that returns its text (or nothing, when the line does not apply).
 
 from __future__ import annotations
 
+import statistics
 from collections.abc import Iterable, Sequence
 from typing import Protocol
 
@@ -50,10 +51,10 @@ def write_summary(
         tr.write_line(_backend_line(ordered[0], default_backend))
         tr.write_line(_template_line(template, ordered))
         tr.write_line(_clones_line(ordered))
-        for line in (_spares_line(ordered), _teardown_line(ordered)):
+        for line in (_spares_line(ordered), _fresh_line(ordered), _teardown_line(ordered)):
             if line is not None:
                 tr.write_line(line)
-        for line in _spare_error_lines(ordered):
+        for line in [*_spare_error_lines(ordered), *_fresh_error_lines(ordered)]:
             tr.write_line(line, yellow=True)
     if reports:
         tr.write_line(_isolation_line(reports, isolation))
@@ -123,6 +124,32 @@ def _spares_line(ordered: Sequence[WorkerReport]) -> str | None:
     each = ", ".join(f"{r.worker_id} {r.spare_seconds:.2f}s" for r in made)
     total = sum(r.spares_made for r in made)
     return f"spares for the next run: {total} made in the background while the tests ran ({each})"
+
+
+def _fresh_line(ordered: Sequence[WorkerReport]) -> str | None:
+    """Fresh databases: how many, how long tests waited for the pool, whether it ran dry."""
+    used = sum(r.fresh_used for r in ordered)
+    if not used:
+        return None
+    waits = sorted(w for r in ordered for w in r.fresh_waits)
+    median = statistics.median(waits) if waits else 0.0
+    low, high = (waits[0], waits[-1]) if waits else (0.0, 0.0)
+    pool = max(r.fresh_pool for r in ordered)
+    dry = sum(r.fresh_dry for r in ordered)
+    made = sum(r.fresh_made for r in ordered)
+    ran = f"pool ran dry {dry} time{'s' if dry != 1 else ''}" if dry else "pool never ran dry"
+    kept = [name for r in ordered for name in r.fresh_kept]
+    line = (
+        f"fresh clones: {used} used, {made} made (pool {pool} per worker); waited for the pool "
+        f"min {low * 1000:.1f} ms, median {median * 1000:.1f} ms, max {high * 1000:.1f} ms; {ran}"
+    )
+    if kept:
+        line += f"; kept for failed tests: {len(kept)} ({_some(kept)})"
+    return line
+
+
+def _fresh_error_lines(ordered: Sequence[WorkerReport]) -> list[str]:
+    return [f"fresh clones: {r.worker_id}: {r.fresh_error}" for r in ordered if r.fresh_error]
 
 
 def _teardown_line(ordered: Sequence[WorkerReport]) -> str | None:

@@ -19,7 +19,7 @@ from .clones import ConcurrentDatabase, drop_clone, handle, keep_clone, make_clo
 from .janitor import Janitor
 from .report import WorkerReport
 from .site import Site
-from .spares import CopyHistory, SpareMaker, claim_spare, spares_pay_off, wanted_spares
+from .spares import CopyHistory, FreshPool, SpareMaker, claim_spare, spares_pay_off, wanted_spares
 from .template import Populator, Template, ensure_template
 
 __all__ = ["WorkerDatabases"]
@@ -28,11 +28,13 @@ __all__ = ["WorkerDatabases"]
 class WorkerDatabases:
     """Template, clone and spares of one process on one :class:`~.site.Site`."""
 
-    def __init__(self, site: Site, *, run_id: str, worker_id: str, spares: int | str = 0) -> None:
+    def __init__(self, site: Site, *, run_id: str, worker_id: str, spares: int | str = 0, pool: int = 2) -> None:
         self.site = site
         self.run_id = run_id
         self.worker_id = worker_id
         self.spares = spares
+        self.pool_size = pool
+        self._pool: FreshPool | None = None
         self.backend: Backend = site.open_backend(run_id, worker_id, wait=True)
         self.janitor = Janitor(self.backend, site, run_id)
         self.stats = WorkerReport(worker_id=worker_id, backend=site.url.backend, url=site.label)
@@ -138,8 +140,33 @@ class WorkerDatabases:
             if self.spares == "auto" and self._spares.made and not recorded and self.template is not None:
                 CopyHistory(self.template).add(self._spares.seconds / self._spares.made)  # evidence too
 
+    def fresh_pool(self) -> FreshPool:
+        """The warm pool of fresh databases of this process (made on first use; its thread
+        starts on the first take)."""
+        if self._pool is None:
+            if self.template is None:
+                raise ValueError("fresh_pool() needs a template: call ensure_template() first")
+            self._pool = FreshPool(self.template, self.run_id, self.worker_id, self.pool_size)
+        return self._pool
+
+    def close_pool(self) -> None:
+        """Drop the pool's clones (waiting for its pending drops and keeps) and record its stats."""
+        pool, self._pool = self._pool, None
+        if pool is None:
+            return
+        pool.close()
+        stats = pool.stats
+        self.stats.fresh_used += stats.used
+        self.stats.fresh_waits.extend(stats.waits)
+        self.stats.fresh_dry += stats.dry
+        self.stats.fresh_pool = stats.size
+        self.stats.fresh_made += stats.made
+        self.stats.fresh_kept.extend(stats.kept)
+        self.stats.fresh_error = stats.error or "; ".join(pool.drop_errors)
+
     def keep_clone(self) -> None:
         """Mark this process's clone as kept (``--concurrent-db-keep``)."""
+        self.close_pool()
         if self.database is not None:
             name, self.database = self.database.name, None
             try:
@@ -149,6 +176,7 @@ class WorkerDatabases:
 
     def drop_clone(self) -> None:
         """Drop this process's clone and release its lock."""
+        self.close_pool()
         if self.database is None:
             return
         name, self.database = self.database.name, None
@@ -169,6 +197,7 @@ class WorkerDatabases:
         return self.stats
 
     def close(self) -> None:
-        """Wait for the spares, then close the control connection (releasing its locks)."""
+        """Wait for the spares and the pool, then close the control connection (releasing its locks)."""
+        self.close_pool()
         self.wait_for_spares()
         self.backend.close()

@@ -22,7 +22,7 @@ import pytest
 
 from ..clones import ConcurrentDatabase
 from ..errors import ConcurrentDBError
-from ..fixtures import marker_options
+from ..fixtures import fresh_requested, marker_options
 from ..state import get_state
 from ..transactions import begin
 from .rebind import Rebinding
@@ -66,11 +66,20 @@ def concurrent_db_session(request: pytest.FixtureRequest, concurrent_db_engine: 
     The session joins an outer transaction with ``join_transaction_mode="create_savepoint"``:
     ``session.commit()`` in the code under test releases a savepoint, and the outer
     transaction is rolled back at the end.  ``@pytest.mark.concurrent_db(isolation_level=...,
-    read_only=True)`` applies to that transaction.
+    read_only=True)`` applies to that transaction; ``fresh=True`` puts the session on a
+    database made for the test (``concurrent_db_fresh``) instead of the worker's.
     """
-    backend = options_backend(concurrent_db_engine.dialect.name)
+    engine = concurrent_db_engine
+    fresh_engine = None
+    if fresh_requested(request):  # @pytest.mark.concurrent_db(fresh=True): the test's own clone
+        database: ConcurrentDatabase = request.getfixturevalue("concurrent_db_fresh")
+        try:
+            engine = fresh_engine = make_engine(database.sqlalchemy_url, database.backend, pool_min=0, pool_max=1)
+        except ConcurrentDBError as exc:
+            _fail(exc)
+    backend = options_backend(engine.dialect.name)
     options = marker_options(request, backend)
-    connection = concurrent_db_engine.connect()
+    connection = engine.connect()
     undo = begin(backend, connection.connection.dbapi_connection, options)
     outer = connection.begin()
     from sqlalchemy.orm import Session  # here, not at import: the plugin loads this module in every run
@@ -85,6 +94,8 @@ def concurrent_db_session(request: pytest.FixtureRequest, concurrent_db_engine: 
             undo()
         finally:
             connection.close()
+            if fresh_engine is not None:
+                fresh_engine.dispose()
 
 
 def options_backend(dialect: str) -> str:

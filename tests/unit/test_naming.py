@@ -13,6 +13,7 @@ from pytest_concurrent_db.naming import (
     PREFIX,
     clone_name,
     fit,
+    fresh_name,
     lock_key,
     new_run_id,
     sanitize,
@@ -238,3 +239,13 @@ def test_lock_key_is_stable_across_processes_and_versions() -> None:
     assert lock_key("") == 5064101946477418053
     assert lock_key("template:cdb_app_tpl_0123456789ab") == 2635921377554128376
     assert lock_key("clone:cdb_app_1f2e3d4c_gw0") == -6914307621765057222
+
+
+@given(st.text(max_size=80), st.text(max_size=40))
+@few
+def test_fresh_names_fit_and_never_repeat(base: str, worker: str) -> None:
+    names = {fresh_name(base, "1f2e3d4c", worker) for _ in range(5)}
+    assert len(names) == 5
+    for name in names:
+        assert len(name.encode()) <= 63
+        assert re.fullmatch(r"cdb_[a-z0-9_]+", name)

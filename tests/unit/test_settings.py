@@ -68,6 +68,15 @@ NAMES = [
         "CONCURRENT_DB_CLONE_STRATEGY",
     ),
     ("spares", "spares", "--concurrent-db-spares", "concurrent_db_spares", "CONCURRENT_DB_SPARES"),
+    ("pool", "int", "--concurrent-db-pool", "concurrent_db_pool", "CONCURRENT_DB_POOL"),
+    ("keep_failed", "bool", "--concurrent-db-keep-failed", "concurrent_db_keep_failed", "CONCURRENT_DB_KEEP_FAILED"),
+    (
+        "fresh_transactional",
+        "bool",
+        "--concurrent-db-fresh-transactional",
+        "concurrent_db_fresh_transactional",
+        "CONCURRENT_DB_FRESH_TRANSACTIONAL",
+    ),
     ("isolation", "choice", "--concurrent-db-isolation", "concurrent_db_isolation", "CONCURRENT_DB_ISOLATION"),
     # SQLAlchemy and Alembic
     ("alembic_ini", "path", "--concurrent-db-alembic-ini", "concurrent_db_alembic_ini", "CONCURRENT_DB_ALEMBIC_INI"),
@@ -134,6 +143,9 @@ def test_resolve_reads_the_literal_names() -> None:
         "keep_templates": "ini concurrent_db_keep_templates",
         "clone_strategy": "default",
         "spares": "default",
+        "pool": "default",
+        "keep_failed": "default",
+        "fresh_transactional": "default",
         "isolation": "ini concurrent_db_isolation",
         **dict.fromkeys(SQLALCHEMY_OPTIONS, "default"),
     }
@@ -524,3 +536,21 @@ def test_describe_without_recorded_sources_says_default() -> None:
         "clone-strategy=wal_log [default]",
         "keep-templates=0 [default]",
     ]
+
+
+@pytest.mark.parametrize(("value", "message"), [("-1", "'-1'"), ("two", "'two'")])
+def test_a_bad_pool_size_is_one_line(value: str, message: str) -> None:
+    with pytest.raises(ConfigError) as info:
+        resolve({}.get, {}.get, environ={"CONCURRENT_DB_POOL": value}, cwd=NOWHERE)
+    assert str(info.value) == (
+        f"concurrent-db: env CONCURRENT_DB_POOL must be a whole number >= 0, not {message}; "
+        "fix --concurrent-db-pool (ini concurrent_db_pool, env CONCURRENT_DB_POOL)"
+    )
+
+
+def test_pool_and_keep_failed_from_the_ini() -> None:
+    settings = resolve(
+        {}.get, {"concurrent_db_pool": "0", "concurrent_db_keep_failed": "yes"}.get, environ={}, cwd=NOWHERE
+    )
+    assert (settings.pool, settings.keep_failed) == (0, True)
+    assert "keep-failed [ini concurrent_db_keep_failed]" in settings.describe()

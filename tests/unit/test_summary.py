@@ -176,6 +176,33 @@ def test_no_spare_lines_without_spares() -> None:
     assert all(not markup for _, markup in terminal.lines)
 
 
+def test_fresh_databases_waits_and_a_dry_pool() -> None:
+    terminal = summarize(
+        [
+            worker("gw0", fresh_used=3, fresh_made=5, fresh_pool=2, fresh_waits=[0.2, 0.001, 0.002]),
+            worker("gw1", fresh_used=2, fresh_made=3, fresh_pool=2, fresh_waits=[0.3, 0.004], fresh_dry=1),
+        ]
+    )
+    assert terminal.starting("fresh clones") == [
+        "fresh clones: 5 used, 8 made (pool 2 per worker); waited for the pool "
+        "min 1.0 ms, median 4.0 ms, max 300.0 ms; pool ran dry 1 time"
+    ]
+
+
+def test_fresh_databases_kept_and_a_pool_that_never_ran_dry() -> None:
+    terminal = summarize(
+        [worker("gw0", fresh_used=1, fresh_made=3, fresh_pool=2, fresh_waits=[0.5], fresh_kept=["cdb_x_f1"])]
+    )
+    (line,) = terminal.starting("fresh clones")
+    assert line.endswith("pool never ran dry; kept for failed tests: 1 (cdb_x_f1)")
+
+
+def test_no_fresh_line_without_fresh_databases_and_an_error_in_yellow() -> None:
+    assert not summarize([worker("gw0")]).starting("fresh")
+    terminal = summarize([worker("gw0", fresh_used=1, fresh_waits=[0.1], fresh_error="disk full")])
+    assert ("fresh clones: gw0: disk full", {"yellow": True}) in terminal.lines
+
+
 def test_teardown_line_names_the_slowest_worker() -> None:
     reports = [
         worker("gw0", check_seconds=0.30, drop_seconds=0.10),
