@@ -9,9 +9,10 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Any
 
-__all__ = ["ISOLATION_MODES", "OPTIONS", "Option", "option"]
+__all__ = ["ISOLATION_MODES", "OPTIONS", "PROGRESS_MODES", "Option", "option"]
 
 ISOLATION_MODES = ("strict", "default", "warn", "off")
+PROGRESS_MODES = ("auto", "on", "off")
 
 
 @dataclass(frozen=True)
@@ -67,6 +68,14 @@ OPTIONS: tuple[Option, ...] = (
         "Print how long each phase took (fingerprint, lock wait, template build or reuse, clone per worker, "
         "isolation check, drop); =FILE.json also writes it as JSON",
         metavar="FILE.json",
+    ),
+    Option(
+        "progress",
+        "choice",
+        "auto",
+        "Show template builds in the terminal while they run: auto (a live line on a terminal, a line every "
+        "10 s otherwise, only start and end with -q), on (also in full with -q) or off",
+        choices=PROGRESS_MODES,
     ),
     Option("lock_timeout", "float", 300.0, "Seconds to wait for the template lock (default: 300)", metavar="SECONDS"),
     Option(

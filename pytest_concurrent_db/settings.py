@@ -45,6 +45,8 @@ class Settings:
     clone_strategy: str = "auto"
     spares: int | str = "auto"
     isolation: str = "default"
+    #: ``--concurrent-db-progress``: auto, on or off
+    progress: str = "auto"
     alembic_ini: Path | None = None
     alembic_env: str = ""
     metadata: str = ""
@@ -77,6 +79,8 @@ class Settings:
         for name in ("keep", "rebuild"):
             if getattr(self, name):
                 parts.append(f"{name} [{self.sources.get(name)}]")
+        if self.progress != "auto":
+            parts.append(f"progress={self.progress} [{self.sources.get('progress')}]")
         shown: dict[str, object] = {
             "lock_timeout": f"{self.lock_timeout:g}s",
             "spares": self.spares,
