@@ -11,6 +11,8 @@ process's own builds handed over) and writes:
   :data:`EVERY` seconds, then the end line(s);
 * ``quiet`` (``-q``): the start and end lines only.
 
+A build or wait shorter than :data:`SHOW_AFTER` seconds is not shown at all.
+
 The thread never writes into a line pytest has begun (the test progress dots): it starts
 its output on a line of its own.  Writes happen with pytest's capture suspended (the way
 live logging does), and in a run without xdist only while this process builds (its
@@ -31,12 +33,14 @@ from typing import Any
 
 from .progress import ACTIVE, LINE_EVERY, PREFIX, BuildState, end_line, live_line, read_states, short_name
 
-__all__ = ["EVERY", "POLL", "ProgressDisplay", "display_mode", "new_progress_dir"]
+__all__ = ["EVERY", "POLL", "SHOW_AFTER", "ProgressDisplay", "display_mode", "new_progress_dir"]
 
 #: seconds between two reads of the states
 POLL = 0.25
 #: seconds between two lines when the output is not a terminal
 EVERY = LINE_EVERY
+#: seconds a build (or a wait) goes on before it is shown: a quick one is not worth a line
+SHOW_AFTER = 1.0
 
 
 def display_mode(setting: str, *, isatty: bool, verbosity: int) -> str | None:
@@ -126,6 +130,8 @@ class ProgressDisplay:
         line = live_line(states, now)
         if line is None:
             return
+        if not self._episode and now - min(s.since for s in active) < SHOW_AFTER:
+            return  # a quick build is not worth a line
         if not self._episode:
             self._episode = True
             self._waiting_since = min(s.since for s in active)
