@@ -53,6 +53,8 @@ ACTIVE = ("waiting", "building")
 WRITE_EVERY = 0.2
 #: seconds between two progress lines where they cannot be rewritten in place (a CI log)
 LINE_EVERY = 10.0
+#: seconds a build (or a wait) goes on before it is shown: a quick one is not worth a line
+SHOW_AFTER = 1.0
 PREFIX = "concurrent-db: "
 
 
@@ -249,8 +251,9 @@ def end_line(state: BuildState) -> str:
 
 class ProgressLines:
     """A :class:`BuildProgress` listener for a process that builds and prints itself (the
-    ``manage.py test`` runner): the first line, at most one line every ``every`` seconds
-    while the build goes on, and the end line.  No thread: it writes when the build tells."""
+    ``manage.py test`` runner): the first line once the build has gone on for :data:`SHOW_AFTER`
+    seconds, at most one line every ``every`` seconds while it goes on, and the end line.
+    No thread: it writes when the build tells (Django's ``migrate`` after each migration)."""
 
     def __init__(self, write: Callable[[str], None], every: float = LINE_EVERY) -> None:
         self.write = write
@@ -261,6 +264,8 @@ class ProgressLines:
     def __call__(self, state: BuildState) -> None:
         now = time.time()
         if state.phase in ACTIVE:
+            if not self._going and now - state.since < SHOW_AFTER:
+                return
             if not self._going or now - self._last >= self.every:
                 line = live_line([state], now)
                 if line is not None:

@@ -31,7 +31,7 @@ from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
 
-from .progress import ACTIVE, LINE_EVERY, PREFIX, BuildState, end_line, live_line, read_states, short_name
+from .progress import ACTIVE, LINE_EVERY, PREFIX, SHOW_AFTER, BuildState, end_line, live_line, read_states, short_name
 
 __all__ = ["EVERY", "POLL", "SHOW_AFTER", "ProgressDisplay", "display_mode", "new_progress_dir"]
 
@@ -39,8 +39,6 @@ __all__ = ["EVERY", "POLL", "SHOW_AFTER", "ProgressDisplay", "display_mode", "ne
 POLL = 0.25
 #: seconds between two lines when the output is not a terminal
 EVERY = LINE_EVERY
-#: seconds a build (or a wait) goes on before it is shown: a quick one is not worth a line
-SHOW_AFTER = 1.0
 
 
 def display_mode(setting: str, *, isatty: bool, verbosity: int) -> str | None:

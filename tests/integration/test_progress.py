@@ -70,19 +70,23 @@ class Screen:
         return [piece for line in self.text.splitlines() for piece in line.split("\r")]
 
 
-def run_in_pty(project: Project, *args: str, timeout: float = 240) -> Screen:
+def run_in_pty(project: Project, *args: str) -> Screen:
     """``python -m pytest --concurrent-db <args>`` in the project's directory, its output a
-    pseudo-terminal 200 columns wide."""
+    pseudo-terminal."""
     pytester = project.pytester
-    argv = [sys.executable, "-m", "pytest", "--concurrent-db", "-p", "no:randomly", *project.url_arg]
-    argv += [f"--basetemp={pytester.path / 'basetemp'}", *args]
+    argv = ["-m", "pytest", "--concurrent-db", "-p", "no:randomly", *project.url_arg]
+    return in_pty(pytester.path, [*argv, f"--basetemp={pytester.path / 'basetemp'}", *args])
+
+
+def in_pty(cwd: Path, args: list[str], timeout: float = 240) -> Screen:
+    """``python <args>`` in ``cwd``, its output a pseudo-terminal 200 columns wide."""
     env = {**os.environ, "COLUMNS": "200", "LINES": "50"}
     env.pop("PYTEST_ADDOPTS", None)
     pid, fd = pty.fork()
     if pid == 0:  # the child: a terminal of its own
         try:
-            os.chdir(pytester.path)
-            os.execve(sys.executable, argv, env)
+            os.chdir(cwd)
+            os.execve(sys.executable, [sys.executable, *args], env)
         finally:
             os._exit(127)
     started = time.monotonic()
@@ -246,3 +250,60 @@ def test_progress_files_are_removed(project: Project, tmp_path: Path, monkeypatc
     result = project.run("-n", "2")
     result.assert_outcomes(passed=4)
     assert not list(tmp_path.glob("pytest-concurrent-db-progress-*"))
+
+
+# -- Django: migrations k/n ---------------------------------------------------------------------------------
+SLOW_MIGRATION = """
+import time
+
+from django.db import migrations
+
+
+def pause(apps, schema_editor):
+    time.sleep(0.7)
+
+
+class Migration(migrations.Migration):
+    dependencies = [("catalog", "{previous}")]
+    operations = [migrations.RunPython(pause, migrations.RunPython.noop)]
+"""
+
+
+def add_slow_migrations(project_dir: Path, count: int = 5) -> None:
+    """``count`` migrations of 0.7 s each after the catalog app's last one."""
+    folder = project_dir / "catalog" / "migrations"
+    previous = "0002_seed_categories"
+    for number in range(3, 3 + count):
+        name = f"{number:04d}_slow"
+        (folder / f"{name}.py").write_text(SLOW_MIGRATION.format(previous=previous))
+        previous = name
+
+
+def test_django_migrations_count_on_the_live_line(pytester: pytest.Pytester, monkeypatch: pytest.MonkeyPatch) -> None:
+    from tests.integration.test_django import DjangoProject
+
+    project = DjangoProject(pytester, monkeypatch, None)
+    add_slow_migrations(pytester.path)
+    screen = in_pty(pytester.path, ["-m", "pytest", "-n", "2", "--concurrent-db", "-p", "no:randomly"])
+    assert screen.status == 0, screen.text
+    live = re.findall(r"\rconcurrent-db: building cdb_test_\S+ on gw\d — migrations (\d+)/(\d+), \d+ s", screen.text)
+    assert len({done for done, _ in live}) >= 3, screen.text  # it counted up while we watched
+    assert all(int(done) <= int(total) for done, total in live), live
+    assert re.search(r"concurrent-db: built cdb_test_\S+ on gw\d in \d+\.\d s", screen.text), screen.text
+    assert project.migrations()  # migrate ran (once per test database, in one worker)
+
+
+def test_the_django_runner_prints_its_own_progress(tmp_path: Path) -> None:
+    from tests.integration.test_django_runner import RunnerProject
+
+    project = RunnerProject(tmp_path, None)
+    add_slow_migrations(project.path)
+    run = project.run()
+    assert run.returncode == 0, run.stdout + run.stderr
+    lines = progress_lines(run.stdout.splitlines())
+    assert any(re.match(r"concurrent-db: building cdb_\S+ on main — ", line) for line in lines), run.stdout
+    assert any(re.match(r"concurrent-db: built cdb_\S+ on main in \d+\.\d s$", line) for line in lines), lines
+    assert len(lines) <= 2 * 2 + 1, lines  # two test databases: start and end each, one more every 10 s
+    off = project.run(CONCURRENT_DB_PROGRESS="off", CONCURRENT_DB_REBUILD="1")
+    assert off.returncode == 0, off.stdout + off.stderr
+    assert progress_lines(off.stdout.splitlines()) == []
