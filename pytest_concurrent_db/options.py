@@ -69,14 +69,6 @@ OPTIONS: tuple[Option, ...] = (
         "isolation check, drop); =FILE.json also writes it as JSON",
         metavar="FILE.json",
     ),
-    Option(
-        "progress",
-        "choice",
-        "auto",
-        "Show template builds in the terminal while they run: auto (a live line on a terminal, a line every "
-        "10 s otherwise, only start and end with -q), on (also in full with -q) or off",
-        choices=PROGRESS_MODES,
-    ),
     Option("lock_timeout", "float", 300.0, "Seconds to wait for the template lock (default: 300)", metavar="SECONDS"),
     Option(
         "keep_templates",
@@ -108,6 +100,14 @@ OPTIONS: tuple[Option, ...] = (
         "Isolation check after each test: strict (errors, plus leaked-row counts), "
         "default (sharing is an error, leftovers a warning), warn, off",
         choices=ISOLATION_MODES,
+    ),
+    Option(
+        "progress",
+        "choice",
+        "auto",
+        "Show template builds in the terminal while they run: auto (a live line on a terminal, a line every "
+        "10 s otherwise, only start and end with -q), on (also in full with -q) or off",
+        choices=PROGRESS_MODES,
     ),
     # -- SQLAlchemy and Alembic ---------------------------------------------------------
     Option(
