@@ -234,6 +234,8 @@ class ProgressDisplay:
     def erase(self) -> None:
         """Take the live line off the screen, before pytest writes on it (called in the main
         thread of the xdist controller, before it reports a test)."""
+        if not self._episode:  # nothing shown: nothing to end or take off (and no files read per test)
+            return
         with contextlib.suppress(Exception), self._lock:
             self._tick()
             if self.mode == "live" and self._ours():
