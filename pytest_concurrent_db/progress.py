@@ -40,6 +40,7 @@ __all__ = [
     "BuildProgress",
     "BuildState",
     "ProgressLines",
+    "active",
     "end_line",
     "live_line",
     "read_states",
@@ -215,12 +216,20 @@ def _seconds(value: float) -> str:
     return f"{max(int(value), 0)} s"
 
 
+def active(states: Sequence[BuildState]) -> list[BuildState]:
+    """The states the live line shows: builds, and waits for a template nobody of this run
+    has finished building yet (a waiter of a built one is about to find it ready)."""
+    built = {s.template for s in states if s.phase == "built"}
+    return [s for s in states if s.phase == "building" or (s.phase == "waiting" and s.template not in built)]
+
+
 def live_line(states: Sequence[BuildState], now: float) -> str | None:
     """The one line of what is going on: every build, then who waits for which
     (``concurrent-db: building cdb_app_tpl_3f9c… on gw0 — migrations 41/80, 23 s; gw1 waiting
     for the template (gw0 builds it, 12 s)``); None when nothing is going on."""
-    builds = [s for s in states if s.phase == "building"]
-    waits = [s for s in states if s.phase == "waiting"]
+    shown = active(states)
+    builds = [s for s in shown if s.phase == "building"]
+    waits = [s for s in shown if s.phase == "waiting"]
     if not builds and not waits:
         return None
     parts = []

@@ -31,7 +31,17 @@ from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
 
-from .progress import ACTIVE, LINE_EVERY, PREFIX, SHOW_AFTER, BuildState, end_line, live_line, read_states, short_name
+from .progress import (
+    LINE_EVERY,
+    PREFIX,
+    SHOW_AFTER,
+    BuildState,
+    active,
+    end_line,
+    live_line,
+    read_states,
+    short_name,
+)
 
 __all__ = ["EVERY", "POLL", "SHOW_AFTER", "ProgressDisplay", "display_mode", "new_progress_dir"]
 
@@ -115,9 +125,9 @@ class ProgressDisplay:
         with self._lock:
             states = self._states()
             now = time.time()
-            active = [s for s in states if s.phase in ACTIVE] if not final else []
-            if active:
-                self._going(states, active, now)
+            going = active(states) if not final else []
+            if going:
+                self._going(states, going, now)
             elif self._episode:
                 self._done(states, now)
 

@@ -63,6 +63,8 @@ def test_waiting_for_another_process_and_nothing_going_on() -> None:
         "concurrent-db: gw1 waiting for the template (another process builds it, 3 s)"
     )
     assert live_line([state("gw1", "built", 3.0), state("gw0", "ready", 1.0)], time.time()) is None
+    # a waiter of a template this run has built is about to find it ready: not shown
+    assert live_line([state("gw1", "built", 3.0), state("gw0", "waiting", 5.0)], time.time()) is None
 
 
 def test_end_lines() -> None:
