@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import io
 import json
+import sys
 import threading
 import time
 from dataclasses import dataclass, field
@@ -320,3 +321,32 @@ def test_progress_lines_for_the_django_runner(monkeypatch: pytest.MonkeyPatch) -
     quick(BuildState("main", TEMPLATE, "building", clock[0]))
     quick(BuildState("main", TEMPLATE, "built", clock[0], ended=clock[0] + 0.3))
     assert written == []
+
+
+def test_alembic_revisions_are_counted(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """The example's ``alembic upgrade head`` on a real SQLite template: ``revisions k/n``."""
+    pytest.importorskip("alembic")
+    import shutil
+
+    from pytest_concurrent_db.alembic_template import alembic_populator
+
+    example = Path(__file__).resolve().parents[2] / "examples" / "sqlalchemy_alembic"
+    project = tmp_path / "project"
+    shutil.copytree(example, project, ignore=shutil.ignore_patterns("__pycache__", ".pytest_cache"))
+    monkeypatch.syspath_prepend(str(project))
+    url = DatabaseURL(backend="sqlite", database=str(tmp_path / "app.db"))
+    databases = worker_databases(url, run_id="r1", worker_id="gw0", lock_dir=tmp_path / "locks")
+    seen: list[BuildState] = []
+    databases.progress = BuildProgress("gw0", listener=seen.append)
+    before = set(sys.modules)
+    try:
+        template = databases.ensure_template([alembic_populator(project / "alembic.ini", "", None)])
+    finally:
+        databases.close()
+        for name in set(sys.modules) - before:  # the example's own ``shop`` package is not another test's
+            if name == "shop" or name.startswith("shop."):
+                del sys.modules[name]
+    assert template.built
+    steps = [s.step for s in seen if s.step.startswith("revisions ")]
+    assert steps[-1] == "revisions 3/3", steps  # the last one always (a step's end is never held back)
+    assert seen[-1].phase == "built"
