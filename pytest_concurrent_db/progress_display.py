@@ -131,18 +131,18 @@ class ProgressDisplay:
             elif self._episode:
                 self._done(states, now)
 
-    def _going(self, states: Sequence[BuildState], active: Sequence[BuildState], now: float) -> None:
-        for state in active:
-            if state.phase == "building":
-                self._builds[(state.worker, state.template)] = state
+    def _going(self, states: Sequence[BuildState], going: Sequence[BuildState], now: float) -> None:
         line = live_line(states, now)
         if line is None:
             return
-        if not self._episode and now - min(s.since for s in active) < SHOW_AFTER:
+        if not self._episode and now - min(s.since for s in going) < SHOW_AFTER:
             return  # a quick build is not worth a line
+        for state in going:  # the builds whose end lines are due when nothing goes on any more
+            if state.phase == "building":
+                self._builds[(state.worker, state.template)] = state
         if not self._episode:
             self._episode = True
-            self._waiting_since = min(s.since for s in active)
+            self._waiting_since = min(s.since for s in going)
             self._last_line = now
             self._write(lambda: self._line(line) if self.mode != "live" else self._live(line))
         elif self.mode == "live" and line != self._text:

@@ -209,12 +209,21 @@ def test_live_mode_rewrites_one_line_then_ends_it(tmp_path: Path) -> None:
 
 
 def test_a_quick_build_shows_nothing(tmp_path: Path) -> None:
-    shown, reporter = display(tmp_path, "live")
+    shown, reporter = display(tmp_path, "lines")
     put(tmp_path, state("gw0", "building", 0.2))
     shown._tick()
     put(tmp_path, state("gw0", "built", 0.3))
     shown._tick()
     assert reporter.out.getvalue() == ""
+    # nor later, when another template's slow build ends
+    put(tmp_path, state("gw1", "building", 2.0, template="cdb_app_tpl_99990000aaaa"))
+    shown._tick()
+    put(tmp_path, state("gw1", "built", 2.5, template="cdb_app_tpl_99990000aaaa"))
+    shown._tick()
+    assert reporter.out.getvalue().splitlines() == [
+        "concurrent-db: building cdb_app_tpl_9999… on gw1 — 2 s",
+        "concurrent-db: built cdb_app_tpl_9999… on gw1 in 2.5 s",
+    ]
 
 
 def test_the_live_line_never_writes_into_a_line_pytest_began(tmp_path: Path) -> None:
