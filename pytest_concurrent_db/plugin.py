@@ -128,6 +128,10 @@ def pytest_configure(config: pytest.Config) -> None:
             from .sqla import async_fixtures
 
             config.pluginmanager.register(async_fixtures, "concurrent_db_sqlalchemy_async")
+        if _has_plugin(config, "pytest_alembic", "pytest_alembic.plugin"):  # after it: our alembic_engine wins
+            from .sqla import alembic_fixtures
+
+            config.pluginmanager.register(alembic_fixtures, "concurrent_db_pytest_alembic")
     if _has_plugin(config, "xdist", "xdist.plugin"):
         config.pluginmanager.register(_XdistHooks(state), "concurrent_db_xdist")
     if settings.enabled and _has_plugin(config, "django", "pytest_django.plugin"):  # after it: our fixtures win

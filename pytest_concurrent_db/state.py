@@ -10,6 +10,7 @@ from typing import Any
 
 import pytest
 
+from .backends.base import restarted_since, server_start
 from .clones import ConcurrentDatabase
 from .isolation import IsolationChecker
 from .paths import Directories
@@ -186,10 +187,22 @@ class WorkerConnection:
         self.checker = checker
         self.worker_id = worker_id
         self._connection: Any = None
+        self._server_started: float | None = None
+
+    def _restart_note(self) -> str:
+        """Why a connection that worked died, when the reason is a server restart: the server
+        started again after this connection was opened (checked once it fails, not per test)."""
+        again = restarted_since(self.databases.backend, self._server_started)
+        if again is None:
+            return ""
+        self._server_started = again
+        at = time.strftime("%H:%M:%S", time.localtime(again))
+        return f"the database server restarted (up again since {at}), so "
 
     @property
     def connection(self) -> Any:
         if self._connection is None:
+            self._server_started = server_start(self.databases.backend)
             self._connection = self.databases.backend.connect(self.checker.clone)
             self.checker.baseline(self._connection)
         return self._connection
@@ -203,10 +216,13 @@ class WorkerConnection:
             findings = self.checker.check(self.connection)
         except Exception as exc:  # the connection itself is broken: a fresh one for the next test
             self.close()
+            restart = self._restart_note()
             findings = []
             detail = str(exc).strip()
             reason = f" ({type(exc).__name__}: {detail})" if detail and detail != "(0, '')" else ""
-            errors = [f"the connection to the database was lost{reason}; a new one is opened for the next test"]
+            errors = [
+                f"{restart}the connection to the database was lost{reason}; a new one is opened for the next test"
+            ]
             warns = []
         else:
             errors = [f.message for f in findings if f.severity == "error"]

@@ -70,6 +70,8 @@ class WorkerDatabases:
         if self.template.built:
             self.stats.template_built = True
             self.stats.template_seconds = self.template.build_seconds
+            self.stats.built_from = self.template.built_from
+            self.stats.steps_added = self.template.steps_added
         else:
             spent = time.perf_counter() - started - self.template.fingerprint_seconds - self.template.lock_wait_seconds
             self.stats.reuse_seconds = max(spent, 0.0)

@@ -35,6 +35,8 @@ __all__ = [
     "Marker",
     "ServerNotUpError",
     "clean_up_after",
+    "restarted_since",
+    "server_start",
     "when_up",
 ]
 
@@ -76,9 +78,15 @@ class Marker:
     created: float = field(default_factory=time.time)
     host: str = ""
     pid: int = 0
+    #: a ready template's inputs step by step (see :mod:`pytest_concurrent_db.incremental`):
+    #: what lets a later template of the same project start from this one
+    manifest: str = ""
 
     def encode(self) -> str:
-        return MARKER_TAG + json.dumps(asdict(self), sort_keys=True, separators=(",", ":"))
+        fields = asdict(self)
+        if not self.manifest:  # only templates have one: the others' markers stay as they were
+            del fields["manifest"]
+        return MARKER_TAG + json.dumps(fields, sort_keys=True, separators=(",", ":"))
 
     @classmethod
     def decode(cls, text: str | None) -> Marker | None:
@@ -89,7 +97,7 @@ class Marker:
             marker = cls(**json.loads(text[len(MARKER_TAG) :]))
         except (ValueError, TypeError):
             return None
-        texts = (marker.run_id, marker.worker_id, marker.template, marker.fingerprint, marker.host)
+        texts = (marker.run_id, marker.worker_id, marker.template, marker.fingerprint, marker.host, marker.manifest)
         if (
             marker.kind not in ("template", "clone", "spare")
             or marker.state not in ("building", "ready", "kept")
@@ -309,6 +317,24 @@ def retake_locks(
     except BaseException:
         lost.update(set(pending) - held)
         raise
+
+
+def server_start(backend: Backend) -> float | None:
+    """When ``backend``'s server last started (its clock), or None: no server (SQLite), or
+    the question failed (the server is down, the connection broke)."""
+    try:
+        return backend.server_started()
+    except Exception:
+        return None
+
+
+def restarted_since(backend: Backend, before: float | None) -> float | None:
+    """The server's new start time if it started again since ``before`` (its start time then,
+    from :func:`server_start`), else None (also when that cannot be told)."""
+    if before is None:
+        return None
+    now = server_start(backend)
+    return now if now is not None and now > before + 1.0 else None  # MySQL's start time is to the second
 
 
 def when_up(connect: Callable[[], Result], wait: float) -> Result:

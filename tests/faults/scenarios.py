@@ -166,6 +166,8 @@ def test_restart_while_tests_run(faulty: FaultProject, record: Record, moments: 
         record.ended(run, fault_at)
         run.assert_clean_output()
         _failures_are_lost_connections(run)
+        if "short test summary info" in run.output:  # a test lost its connection: the restart is named
+            assert "the database server restarted (up again since" in run.output, run.output
         faulty.next_run_leaves_nothing(record)
 
 

@@ -1,11 +1,12 @@
-"""Alembic's cookbook env.py: the connection handed in ``config.attributes``, else the URL of
-the application's settings (DATABASE_URL), else ``sqlalchemy.url``."""
+"""Alembic's cookbook env.py: the connection (or, as pytest-alembic hands it, the engine) in
+``config.attributes``, else the URL of the application's settings (DATABASE_URL), else
+``sqlalchemy.url``."""
 
 import os
 from logging.config import fileConfig
 
 from alembic import context
-from sqlalchemy import create_engine, pool
+from sqlalchemy import Engine, create_engine, pool
 
 from shop.models import Base
 
@@ -21,7 +22,10 @@ def run(connection):
 
 
 connection = config.attributes.get("connection")
-if connection is not None:
+if isinstance(connection, Engine):
+    with connection.begin() as connection:
+        run(connection)
+elif connection is not None:
     run(connection)
 else:
     url = os.environ.get("DATABASE_URL") or config.get_main_option("sqlalchemy.url")
