@@ -4,7 +4,7 @@ The channel.  A template is built inside an xdist *worker*, but the user watches
 *controller's* terminal.  xdist delivers a worker's messages to the controller only
 with its test reports (``workeroutput`` only at the very end), and a build happens
 before the worker's first report, so xdist cannot carry it.  Each process therefore
-writes its state to a small JSON file, ``<worker id>.json``, in a directory the
+writes its state to a small JSON file, ``<worker id>-<template>.json``, in a directory the
 controller made and handed to its workers (``workerinput``); the controller reads
 the directory from a thread (:mod:`.progress_display`).  Files need no connection,
 no protocol and no cooperation from xdist, survive a worker that dies mid-build
@@ -88,14 +88,15 @@ class BuildState:
 
 
 class BuildProgress:
-    """The progress of one process's template builds: written to ``path`` (read by the
-    controller) and handed to ``listener`` (a process that prints itself)."""
+    """The progress of one process's template builds: written to ``directory`` (read by the
+    controller; a file per template, ``<worker>-<template>.json``: a Django worker builds one
+    template after another) and handed to ``listener`` (a process that prints itself)."""
 
     def __init__(
-        self, worker_id: str, path: Path | None = None, listener: Callable[[BuildState], None] | None = None
+        self, worker_id: str, directory: Path | None = None, listener: Callable[[BuildState], None] | None = None
     ) -> None:
         self.worker_id = worker_id
-        self.path = path
+        self.directory = directory
         self.listener = listener
         self.state: BuildState | None = None
         self._kinds: list[str] = []
@@ -170,13 +171,14 @@ class BuildProgress:
         with contextlib.suppress(Exception):
             if self.listener is not None:
                 self.listener(state)
-        if self.path is None:
+        if self.directory is None:
             return
         with contextlib.suppress(Exception):
-            self.path.parent.mkdir(parents=True, exist_ok=True)
-            partial = self.path.with_name(f".{self.path.name}.{os.getpid()}")
+            self.directory.mkdir(parents=True, exist_ok=True)
+            path = self.directory / f"{state.worker}-{state.template}.json"
+            partial = path.with_name(f".{path.name}.{os.getpid()}")
             partial.write_text(json.dumps(state.to_json()), encoding="utf-8")
-            os.replace(partial, self.path)
+            os.replace(partial, path)
 
 
 _CURRENT: ContextVar[BuildProgress | None] = ContextVar("pytest_concurrent_db_progress", default=None)

@@ -96,7 +96,7 @@ class PluginState:
         """Where this process tells how its template builds go: a file the controller reads
         (an xdist worker), the display itself (a run without xdist), or nobody."""
         if self.is_worker and self.progress_dir is not None:
-            return BuildProgress(self.worker_id, path=self.progress_dir / f"{self.worker_id}.json")
+            return BuildProgress(self.worker_id, directory=self.progress_dir)
         if not self.is_worker and self.display is not None and self.display.directory is None:
             return BuildProgress(self.worker_id, listener=self.display.update)
         return None

@@ -82,9 +82,9 @@ def test_writer_steps_through_schema_files_and_a_hook(tmp_path: Path) -> None:
         (tmp_path / name).write_text("SELECT 1;")
         files.append(schema_populator(tmp_path / name))
     populators = [*files, callable_populator("pytest_concurrent_db_populate_template", lambda c: None)]
-    path = tmp_path / "progress" / "gw0.json"
+    directory = tmp_path / "progress"
     seen: list[BuildState] = []
-    writer = BuildProgress("gw0", path=path, listener=seen.append)
+    writer = BuildProgress("gw0", directory=directory, listener=seen.append)
     writer.building(TEMPLATE, populators)
     texts = []
     for index in range(3):
@@ -93,13 +93,19 @@ def test_writer_steps_through_schema_files_and_a_hook(tmp_path: Path) -> None:
     assert texts == ["schema files 0/2", "schema files 1/2", "populate hook (step 3/3)"]
     with writer.current():
         report("rows", 5, 5)
-    assert read_states(path.parent) == [replace_step(seen[-1], "rows 5/5")]
+    assert read_states(directory) == [replace_step(seen[-1], "rows 5/5")]
     writer.finished(built=True)
-    final = read_states(path.parent)[0]
+    final = read_states(directory)[0]
     assert final.phase == "built"
     assert final.ended >= final.since
     assert [s.phase for s in seen] == ["building", "building", "building", "building", "building", "built"]
-    assert not list(path.parent.glob(".*"))  # no partial file left
+    assert [p.name for p in directory.iterdir()] == [f"gw0-{TEMPLATE}.json"]  # no partial file left
+    # the next template of this worker (Django: one per test database) has a file of its own
+    writer.building("cdb_app_tpl_99990000aaaa", [])
+    assert [(s.template, s.phase) for s in read_states(directory)] == [
+        (TEMPLATE, "built"),
+        ("cdb_app_tpl_99990000aaaa", "building"),
+    ]
 
 
 def replace_step(value: BuildState, step: str) -> BuildState:
@@ -117,7 +123,7 @@ def test_a_writer_that_cannot_write_never_raises(tmp_path: Path) -> None:
     def broken(value: BuildState) -> None:
         raise RuntimeError("listener bug")
 
-    writer = BuildProgress("gw0", path=blocker / "sub" / "gw0.json", listener=broken)
+    writer = BuildProgress("gw0", directory=blocker / "sub", listener=broken)
     writer.waiting(TEMPLATE)
     writer.building(TEMPLATE, [])
     writer.detail("migrations", 1, 2)
@@ -189,7 +195,7 @@ def display(tmp_path: Path, mode: str) -> tuple[ProgressDisplay, Reporter]:
 
 
 def put(directory: Path, value: BuildState) -> None:
-    (directory / f"{value.worker}.json").write_text(json.dumps(value.to_json()))
+    (directory / f"{value.worker}-{value.template}.json").write_text(json.dumps(value.to_json()))
 
 
 def test_live_mode_rewrites_one_line_then_ends_it(tmp_path: Path) -> None:
@@ -240,6 +246,27 @@ def test_the_live_line_never_writes_into_a_line_pytest_began(tmp_path: Path) -> 
     assert lines[0] == ".."
     assert lines[1] == "concurrent-db: building cdb_app_tpl_3f9c… on gw0 — 2 s."
     assert lines[2] == "concurrent-db: built cdb_app_tpl_3f9c… on gw0 in 3.5 s"
+
+
+def test_one_worker_builds_two_templates_while_another_waits(tmp_path: Path) -> None:
+    """Django with two test databases: gw0 builds one template after the other; gw1 waits for
+    the first and finds it ready (its wait is not shown once the template is built)."""
+    other = "cdb_app_tpl_99990000aaaa"
+    shown, reporter = display(tmp_path, "lines")
+    put(tmp_path, state("gw0", "building", 2.0))
+    put(tmp_path, state("gw1", "waiting", 1.5))
+    shown._tick()
+    put(tmp_path, state("gw0", "built", 3.0))
+    put(tmp_path, state("gw0", "building", 0.5, template=other))
+    shown._tick()
+    put(tmp_path, state("gw0", "built", 1.5, template=other))
+    put(tmp_path, state("gw1", "ready", 0.0))
+    shown._tick()
+    assert reporter.out.getvalue().splitlines() == [
+        "concurrent-db: building cdb_app_tpl_3f9c… on gw0 — 2 s; gw1 waiting for the template (gw0 builds it, 1 s)",
+        "concurrent-db: built cdb_app_tpl_3f9c… on gw0 in 3.0 s",
+        "concurrent-db: built cdb_app_tpl_9999… on gw0 in 1.5 s",
+    ]
 
 
 def test_erase_takes_the_live_line_off_before_a_report(tmp_path: Path) -> None:
