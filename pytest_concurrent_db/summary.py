@@ -62,7 +62,7 @@ def write_summary(
         if template in timings:
             for row in timings[template].rows(workers=verbose):
                 tr.write_line(row)
-        for line in (_spares_line(ordered),):
+        for line in (_spares_line(ordered), _teardown_line(ordered)):
             if line is not None:
                 tr.write_line(line)
         for line in _spare_error_lines(ordered):
@@ -115,11 +115,11 @@ def _template_line(template: str, group: Sequence[WorkerReport]) -> str:
 
 
 def _clones_line(ordered: Sequence[WorkerReport]) -> str:
-    made = [r for r in ordered if r.clone]
-    spares = sum(r.spare_claimed for r in made)
-    taken = f", {spares} of them spares made by an earlier run" if spares else ""
+    clones = ", ".join(
+        f"{r.worker_id} {r.clone_seconds:.3f}s{' (spare)' if r.spare_claimed else ''}" for r in ordered if r.clone
+    )
     method = _clone_method(ordered)
-    return f"clones ({method}): {len(made)}{taken}" if method else f"clones: {len(made)}{taken}"
+    return f"clones ({method}): {clones}" if method else f"clones: {clones}"
 
 
 def _clone_method(ordered: Sequence[WorkerReport]) -> str:
@@ -136,6 +136,19 @@ def _spares_line(ordered: Sequence[WorkerReport]) -> str | None:
     each = ", ".join(f"{r.worker_id} {r.spare_seconds:.2f}s" for r in made)
     total = sum(r.spares_made for r in made)
     return f"spares for the next run: {total} made in the background while the tests ran ({each})"
+
+
+def _teardown_line(ordered: Sequence[WorkerReport]) -> str | None:
+    """The teardown phases of the worker whose teardown took longest."""
+    timed = [r for r in ordered if r.clone]
+    if not timed:
+        return None
+    slowest = max(timed, key=lambda r: r.teardown_seconds)
+    parts = [f"isolation checks {slowest.check_seconds:.2f}s"]
+    if slowest.spares_made:
+        parts.append(f"waiting for its spare {slowest.spare_wait_seconds:.2f}s")
+    parts.append(f"drop {slowest.drop_seconds:.2f}s")
+    return f"teardown (slowest, {slowest.worker_id}): {', '.join(parts)}"
 
 
 def _by_worker(reports: Iterable[WorkerReport]) -> dict[str, WorkerReport]:

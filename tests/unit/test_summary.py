@@ -93,7 +93,7 @@ def test_template_built_by_one_worker_and_cloned_by_both() -> None:
         "run: 1f2e3d4c",
         f"backend: postgresql url: {URL}",
         f"template: {TEMPLATE} built by gw0 in 1.23s; longest lock wait 1.30s",
-        f"clones ({METHOD}): 2",
+        f"clones ({METHOD}): gw0 0.012s, gw1 0.015s",
         "phase n min median max",
         "fingerprint 2 0.002 0.002 0.002",
         "lock wait 2 0.010 0.655 1.300",
@@ -102,6 +102,7 @@ def test_template_built_by_one_worker_and_cloned_by_both() -> None:
         "clone per worker 2 0.012 0.013 0.015",
         "isolation check 2 0.000 0.010 0.020",
         "drop 2 0.000 0.015 0.030",
+        "teardown (slowest, gw0): isolation checks 0.02s, drop 0.03s",
         "gw0: ok — built the template, 3 checks, dropped",
         "gw1: isolation failed in 1 test — 2 checks, dropped",
         "isolation (default): 5 checks, 1 failed, 1 warned",
@@ -156,7 +157,7 @@ def test_setup_failed_before_any_clone() -> None:
         "run: 1f2e3d4c",
         f"backend: postgresql  url: {URL}",
         f"template: {TEMPLATE} not ready (setup failed); longest lock wait 0.00s",
-        "clones: 0",
+        "clones: ",
         *timings_from_reports([report], "r").templates[0].rows(),
         "gw0: setup failed (no clone)",
         "isolation (strict): 0 checks, 0 failed, 0 warned",
@@ -173,7 +174,7 @@ def test_backend_and_url_defaults_for_a_plain_sqlite_run() -> None:
     report = WorkerReport(worker_id="main", template=TEMPLATE, clone="x.sqlite3", method="file copy")
     terminal = summarize([report], default_backend="sqlite")
     assert terminal.starting("backend:") == ["backend: sqlite  url: sqlite (default)"]
-    assert terminal.starting("clones") == ["clones (file copy): 1"]
+    assert terminal.starting("clones") == ["clones (file copy): main 0.000s"]
     assert terminal.starting("main:") == ["main: ok — 0 checks, not dropped"]
 
 
@@ -186,7 +187,7 @@ def test_spares_made_claimed_and_failed() -> None:
     ]
     terminal = summarize(reports)
     # the method is how this run copied; the claimed spare is marked
-    assert terminal.starting("clones") == [f"clones ({METHOD}): 3, 1 of them spares made by an earlier run"]
+    assert terminal.starting("clones") == [f"clones ({METHOD}): gw0 0.010s (spare), gw1 0.010s, gw2 0.010s"]
     assert terminal.starting("spares for the next run:") == [
         "spares for the next run: 3 made in the background while the tests ran (gw0 0.50s, gw1 0.75s)"
     ]
@@ -196,16 +197,19 @@ def test_spares_made_claimed_and_failed() -> None:
     assert [line for line in terminal.lines if line[1]] == [
         ("spares: gw2 could not make one: disk full", {"yellow": True})
     ]
-    # the error follows the template's spares line
+    assert terminal.starting("teardown") == [
+        "teardown (slowest, gw1): isolation checks 0.00s, waiting for its spare 0.20s, drop 0.00s"
+    ]
+    # the error follows the template's other lines
     assert (
         terminal.texts.index("spares: gw2 could not make one: disk full")
-        == terminal.texts.index(terminal.starting("spares for the next run:")[0]) + 1
+        == terminal.texts.index(terminal.starting("teardown")[0]) + 1
     )
 
 
 def test_only_claimed_spares_show_their_method() -> None:
     terminal = summarize([worker("gw0", spare_claimed=True, method="RENAME spare")])
-    assert terminal.starting("clones") == ["clones (RENAME spare): 1, 1 of them spares made by an earlier run"]
+    assert terminal.starting("clones") == ["clones (RENAME spare): gw0 0.010s (spare)"]
 
 
 def test_no_spare_lines_without_spares() -> None:
@@ -226,6 +230,19 @@ def test_teardown_phases_are_rows_of_the_table() -> None:
     rows = [" ".join(t.split()) for t in terminal.texts if t.startswith("  ")]
     assert "isolation check 3 0.050 0.100 0.300" in rows
     assert "drop 3 0.100 0.100 0.500" in rows
+
+
+def test_teardown_line_names_the_slowest_worker() -> None:
+    reports = [
+        worker("gw0", check_seconds=0.30, drop_seconds=0.10),
+        worker("gw1", check_seconds=0.05, drop_seconds=0.50),
+        worker("gw2", check_seconds=0.10, drop_seconds=0.10, spares_made=1, spare_wait_seconds=0.05),
+        # no clone: its (long) numbers are not a teardown of a database
+        worker("gw3", clone="", drop_seconds=9.0),
+    ]
+    assert reports[1].teardown_seconds == pytest.approx(0.55)
+    terminal = summarize(reports)
+    assert terminal.starting("teardown") == ["teardown (slowest, gw1): isolation checks 0.05s, drop 0.50s"]
 
 
 def test_kept_databases() -> None:
@@ -290,12 +307,14 @@ def test_each_template_gets_its_own_block() -> None:
         "run: 1f2e3d4c",
         f"backend: postgresql  url: {URL}",
         f"template: {TEMPLATE} built by gw0 in 2.00s; longest lock wait 0.00s",
-        f"clones ({METHOD}): 2",
+        f"clones ({METHOD}): gw0 0.010s, gw1 0.020s",
         *timings_from_reports(reports, "r").templates[0].rows(),
+        "teardown (slowest, gw0): isolation checks 0.00s, drop 0.00s",
         f"backend: mysql  url: {other_url}",
         "template: cdb_tpl_other built by gw1 in 3.00s; longest lock wait 0.00s",
-        "clones (mysqldump): 2",
+        "clones (mysqldump): gw0 0.200s, gw1 0.300s",
         *timings_from_reports(reports, "r").templates[1].rows(),
+        "teardown (slowest, gw0): isolation checks 0.00s, drop 0.00s",
         "gw0: ok — built the template, 0 checks, dropped",
         "gw1: ok — built the template, 0 checks, dropped",
         "isolation (default): 0 checks, 0 failed, 0 warned",
@@ -340,5 +359,5 @@ def test_a_report_filled_while_working_renders() -> None:
     report.method = METHOD
     report.dropped.append("cdb_gw0")
     assert report == replace(worker("gw0", clone_seconds=0.0), dropped=["cdb_gw0"])
-    assert summarize([report]).starting("clones") == [f"clones ({METHOD}): 1"]
+    assert summarize([report]).starting("clones") == [f"clones ({METHOD}): gw0 0.000s"]
     assert summarize([report]).starting("gw0") == ["gw0: ok — 0 checks, dropped"]
