@@ -31,6 +31,7 @@ from .errors import (
     PrivilegeError,
     ScriptError,
 )
+from .progress import report as report_progress
 from .template import Template
 
 __all__ = [
@@ -51,6 +52,7 @@ __all__ = [
     "build_template",
     "clone_many",
     "get_database_url",
+    "report_progress",
     "verify_isolation",
     "worker_database",
 ]

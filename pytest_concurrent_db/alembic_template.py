@@ -25,6 +25,7 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
+from . import progress
 from .backends import Backend
 from .errors import ConfigError, ScriptError
 from .incremental import step_digest
@@ -264,7 +265,8 @@ def alembic_populator(ini: Path, env_spec: str, own: DatabaseURL | None) -> Popu
                 config = project.config(sa_url)
                 config.attributes["connection"] = sa_connection
                 try:
-                    command.upgrade(config, "head")
+                    with counting_revisions(project):
+                        command.upgrade(config, "head")
                     sa_connection.commit()
                 except Exception as exc:
                     raise project.failure(exc) from None
@@ -277,6 +279,43 @@ def alembic_populator(ini: Path, env_spec: str, own: DatabaseURL | None) -> Popu
         resume_key=project.resume_key(),
         steps=project.steps(),
     )
+
+
+@contextlib.contextmanager
+def counting_revisions(project: AlembicProject) -> Iterator[None]:
+    """Tell the template build's progress line how many revisions are applied
+    (``revisions 3/12``): while ``upgrade`` runs, every ``context.configure`` of env.py gets
+    one more ``on_version_apply`` callback (the env.py's own ones still run first)."""
+    from alembic.runtime.environment import EnvironmentContext
+
+    try:
+        total = sum(1 for _ in project.script.walk_revisions())
+    except Exception:  # only for the count
+        total = 0
+    done = [0]
+
+    def applied(**kwargs: Any) -> None:
+        done[0] += 1
+        progress.report("revisions", done[0], max(total, done[0]))
+
+    original = EnvironmentContext.configure
+    run: Any = original  # Alembic types one callable; it takes a collection too (util.to_tuple)
+
+    def configure(self: Any, *args: Any, on_version_apply: Any = None, **kwargs: Any) -> None:
+        own = (
+            ()
+            if on_version_apply is None
+            else (on_version_apply,)
+            if callable(on_version_apply)
+            else tuple(on_version_apply)
+        )
+        run(self, *args, on_version_apply=(*own, applied), **kwargs)
+
+    EnvironmentContext.configure = configure  # type: ignore[method-assign]
+    try:
+        yield
+    finally:
+        EnvironmentContext.configure = original  # type: ignore[method-assign]
 
 
 def _refuse_own_database(project: AlembicProject, redirected: list[tuple[str, str]], own: DatabaseURL | None) -> None:

@@ -26,6 +26,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from . import progress
 from .errors import ConcurrentDBError
 from .incremental import step_digest
 from .isolation import IsolationChecker
@@ -184,7 +185,7 @@ def migrate(alias: str, name: str) -> int:
     from django.conf import settings
     from django.core.management import call_command
     from django.db import connections
-    from django.db.models.signals import post_migrate
+    from django.db.models.signals import post_migrate, pre_migrate
 
     connection = connections[alias]
     if connection.vendor == "mysql":  # TEST CHARSET / COLLATION, which our CREATE DATABASE cannot take
@@ -198,18 +199,45 @@ def migrate(alias: str, name: str) -> int:
         if plan is not None and not plans:
             plans.append(sum(1 for _, backwards in plan if not backwards))
 
+    ahead: list[int] = []  # the migrations about to be applied (the progress line's total)
+
+    def count_ahead(plan: Any = None, **kwargs: Any) -> None:
+        if plan is not None and not ahead:
+            ahead.append(sum(1 for _, backwards in plan if not backwards))
+
     uid = f"pytest-concurrent-db-count-{id(plans)}"
     post_migrate.connect(count, weak=False, dispatch_uid=uid)
+    pre_migrate.connect(count_ahead, weak=False, dispatch_uid=uid)
     saved = settings.MIGRATION_MODULES
     try:
         if connection.settings_dict["TEST"].get("MIGRATE", True) is False:  # as create_test_db does
             settings.MIGRATION_MODULES = {app.label: None for app in apps.get_app_configs()}
-        call_command("migrate", database=alias, interactive=False, run_syncdb=True, verbosity=0)
+        call_command(_counting_migrate(ahead), database=alias, interactive=False, run_syncdb=True, verbosity=0)
     finally:
         settings.MIGRATION_MODULES = saved
         post_migrate.disconnect(dispatch_uid=uid)
+        pre_migrate.disconnect(dispatch_uid=uid)
     call_command("createcachetable", database=alias)
     return plans[0] if plans else 0
+
+
+def _counting_migrate(ahead: list[int]) -> Any:
+    """The project's ``migrate`` command (its own override, if any), telling the template
+    build's progress line how many migrations are applied (``migrations 41/80``)."""
+    from django.core.management import get_commands, load_command_class
+
+    command = load_command_class(get_commands()["migrate"], "migrate")
+    original = command.migration_progress_callback
+    applied = [0]
+
+    def callback(action: str, migration: Any = None, fake: bool = False) -> None:
+        original(action, migration, fake)
+        if action in ("apply_success", "unapply_success"):
+            applied[0] += 1
+            progress.report("migrations", applied[0], max(ahead[0] if ahead else 0, applied[0]))
+
+    command.migration_progress_callback = callback
+    return command
 
 
 @dataclass(frozen=True)

@@ -58,6 +58,7 @@ from .errors import ConcurrentDBError, ConfigError
 from .naming import new_run_id
 from .options import option
 from .paths import Directories
+from .progress import BuildProgress, ProgressLines
 from .settings import Settings, resolve_one
 from .site import Site
 from .timings import write_timings
@@ -75,6 +76,7 @@ RUNNER_OPTIONS = (
     "spares",
     "isolation",
     "timings",
+    "progress",
 )
 ALTERNATIVE = "run the tests without ConcurrentTestRunner (Django's own runner: remove TEST_RUNNER or --testrunner)"
 _MAX_THREADS = 8
@@ -206,6 +208,8 @@ class _Session:
         key, spent = keys.get(connections[first].settings_dict["TEST"].get("MIGRATE", True) is not False)
         applied: list[int] = []
         populator = django_populator(first, key, self._point_template, applied)
+        if self.settings.progress != "off":  # this process builds: it prints the lines itself
+            builder.progress = BuildProgress("main", listener=ProgressLines(self.runner.log))
         template = builder.ensure_template([populator], rebuild=self.settings.rebuild)
         builder.stats.fingerprint_seconds += spent
         builder.stats.migrations = sum(applied)

@@ -20,6 +20,9 @@ def pytest_concurrent_db_populate_template(config: pytest.Config, connection: An
 
         def pytest_concurrent_db_populate_template(connection):
             connection.cursor().execute("INSERT INTO colour (name) VALUES ('red')")
+
+    A long hook can say how far it is on the progress line with
+    ``pytest_concurrent_db.report_progress("rows", done, total)``.
     """
 
 

@@ -9,9 +9,10 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Any
 
-__all__ = ["ISOLATION_MODES", "OPTIONS", "Option", "option"]
+__all__ = ["ISOLATION_MODES", "OPTIONS", "PROGRESS_MODES", "Option", "option"]
 
 ISOLATION_MODES = ("strict", "default", "warn", "off")
+PROGRESS_MODES = ("auto", "on", "off")
 
 
 @dataclass(frozen=True)
@@ -122,6 +123,14 @@ OPTIONS: tuple[Option, ...] = (
         "Isolation check after each test: strict (errors, plus leaked-row counts), "
         "default (sharing is an error, leftovers a warning), warn, off",
         choices=ISOLATION_MODES,
+    ),
+    Option(
+        "progress",
+        "choice",
+        "auto",
+        "Show template builds in the terminal while they run: auto (a live line on a terminal, a line every "
+        "10 s otherwise, only start and end with -q), on (also in full with -q) or off",
+        choices=PROGRESS_MODES,
     ),
     # -- SQLAlchemy and Alembic ---------------------------------------------------------
     Option(

@@ -25,6 +25,7 @@ from .fixtures import (
     kept_section,
 )
 from .naming import new_run_id
+from .progress_display import ProgressDisplay, display_mode, new_progress_dir
 from .report import WorkerReport
 from .settings import OPTIONS, Settings, check_url_for_xdist, resolve, resolve_one
 from .state import STATE_KEY, PluginState, get_state
@@ -106,9 +107,11 @@ def pytest_configure(config: pytest.Config) -> None:
         run_id = workerinput.get("concurrent_db_run_id") or new_run_id()
         worker_id = str(workerinput.get("workerid", "gw"))
         clone_dir = workerinput.get("concurrent_db_clone_dir")
+        progress_dir = workerinput.get("concurrent_db_progress_dir")
         state = PluginState(
             config, settings, run_id, worker_id, is_worker=True, clone_dir=Path(clone_dir) if clone_dir else None
         )
+        state.progress_dir = Path(progress_dir) if progress_dir else None
     else:
         state = PluginState(config, settings, new_run_id(), "main", is_worker=False)
     config.stash[STATE_KEY] = state
@@ -161,6 +164,8 @@ class _XdistHooks:
         clone_dir = self.state.resolved_clone_dir() if self.state.settings.enabled else None
         if clone_dir is not None:  # SQLite clones of the whole run in one directory
             node.workerinput["concurrent_db_clone_dir"] = str(clone_dir)
+        if self.state.progress_dir is not None:  # build progress, read by the controller's display
+            node.workerinput["concurrent_db_progress_dir"] = str(self.state.progress_dir)
 
     def pytest_testnodedown(self, node: Any, error: Any) -> None:
         wire = getattr(node, "workeroutput", {}).get("concurrent_db", [])
@@ -201,6 +206,52 @@ def pytest_sessionstart(session: pytest.Session) -> None:
         state.close()
         state.databases = None
         raise pytest.UsageError(str(exc)) from None
+    _start_progress(session.config, state)
+
+
+def _start_progress(config: pytest.Config, state: PluginState) -> None:
+    """The display of template builds (``--concurrent-db-progress``); a failure only loses it."""
+    terminal = config.pluginmanager.get_plugin("terminalreporter")
+    if terminal is None:
+        return
+    mode = display_mode(state.settings.progress, isatty=bool(terminal.isatty()), verbosity=config.get_verbosity())
+    if mode is None:
+        return
+    try:
+        directory = new_progress_dir() if _runs_xdist(config) else None
+        state.display = ProgressDisplay(terminal, config.pluginmanager.get_plugin("capturemanager"), mode, directory)
+        state.progress_dir = directory
+        if state.databases is not None:  # made before the display: it builds too
+            state.databases.progress = state.build_progress()
+        state.display.start()
+        if directory is not None:
+            config.pluginmanager.register(_ProgressHooks(state.display), _PROGRESS_HOOKS)
+    except Exception:  # progress must never break a run
+        state.display = None
+        state.progress_dir = None
+
+
+def _stop_progress(state: PluginState) -> None:
+    display, state.display = state.display, None
+    if display is not None:
+        display.stop()
+    manager = state.config.pluginmanager
+    if manager.has_plugin(_PROGRESS_HOOKS):
+        manager.unregister(name=_PROGRESS_HOOKS)
+
+
+_PROGRESS_HOOKS = "concurrent_db_progress"
+
+
+class _ProgressHooks:
+    """The xdist controller's hook that keeps its test reports off the live line."""
+
+    def __init__(self, display: ProgressDisplay) -> None:
+        self.display = display
+
+    @pytest.hookimpl(tryfirst=True)
+    def pytest_runtest_logreport(self, report: pytest.TestReport) -> None:
+        self.display.erase()
 
 
 @pytest.hookimpl(hookwrapper=True)  # old style: pytest 7.4 has no wrapper=True
@@ -232,6 +283,7 @@ def pytest_sessionfinish(session: pytest.Session) -> None:
     state = get_state(session.config)
     if not state.settings.enabled:
         return
+    _stop_progress(state)
     state.teardown()  # normally done already by the concurrent_db fixture's teardown
     try:
         if state.is_worker:
@@ -262,6 +314,7 @@ def pytest_terminal_summary(terminalreporter: Any, config: pytest.Config) -> Non
         default_backend=state.settings.backend,
         # what the controller reaped at the start (workers report their own)
         reaped=[name for d in state.all_databases() for name in d.stats.reaped] if _runs_xdist(config) else (),
+        verbose=config.get_verbosity() > 0,
     )
     if state.settings.timings:  # --concurrent-db-timings
         from .timings import write_timings

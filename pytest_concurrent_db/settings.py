@@ -51,6 +51,8 @@ class Settings:
     #: ``--concurrent-db-fresh-transactional``: Django's transactional tests on fresh clones
     fresh_transactional: bool = False
     isolation: str = "default"
+    #: ``--concurrent-db-progress``: auto, on or off
+    progress: str = "auto"
     alembic_ini: Path | None = None
     alembic_env: str = ""
     metadata: str = ""
@@ -83,6 +85,8 @@ class Settings:
         for name in ("keep", "rebuild", "keep_failed", "fresh_transactional"):
             if getattr(self, name):
                 parts.append(f"{name.replace('_', '-')} [{self.sources.get(name)}]")
+        if self.progress != "auto":
+            parts.append(f"progress={self.progress} [{self.sources.get('progress')}]")
         shown: dict[str, object] = {
             "lock_timeout": f"{self.lock_timeout:g}s",
             "spares": self.spares,

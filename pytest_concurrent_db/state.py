@@ -14,6 +14,7 @@ from .backends.base import restarted_since, server_start
 from .clones import ConcurrentDatabase
 from .isolation import IsolationChecker
 from .paths import Directories
+from .progress import BuildProgress
 from .report import WorkerReport
 from .settings import Settings
 from .site import Site
@@ -42,6 +43,10 @@ class PluginState:
     extra: list[WorkerDatabases] = field(default_factory=list)
     worker_reports: list[WorkerReport] = field(default_factory=list)
     swept: list[str] = field(default_factory=list)
+    #: where this run's processes write their build progress (xdist; None: no progress files)
+    progress_dir: Path | None = None
+    #: the controller's (or a single process's) progress display, a ProgressDisplay
+    display: Any = None
     _scratch: list[Directories] = field(default_factory=list)
 
     # -- directories -------------------------------------------------------------------
@@ -81,13 +86,24 @@ class PluginState:
 
     def new_databases(self, url: DatabaseURL, *, base: str | None = None) -> WorkerDatabases:
         """The databases of this process on ``url`` (run id, worker id, settings)."""
-        return WorkerDatabases(
+        databases = WorkerDatabases(
             self.site(url, base=base),
             run_id=self.run_id,
             worker_id=self.worker_id,
             spares=self.settings.spares,
             pool=self.settings.pool,
         )
+        databases.progress = self.build_progress()
+        return databases
+
+    def build_progress(self) -> BuildProgress | None:
+        """Where this process tells how its template builds go: a file the controller reads
+        (an xdist worker), the display itself (a run without xdist), or nobody."""
+        if self.is_worker and self.progress_dir is not None:
+            return BuildProgress(self.worker_id, directory=self.progress_dir)
+        if not self.is_worker and self.display is not None and self.display.directory is None:
+            return BuildProgress(self.worker_id, listener=self.display.update)
+        return None
 
     def get_databases(self) -> WorkerDatabases:
         """The databases of the ``concurrent_db`` fixtures (the configured URL)."""

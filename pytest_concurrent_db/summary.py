@@ -2,16 +2,20 @@
 
 The controller collects one :class:`~.report.WorkerReport` per process and template and
 hands them to :func:`write_summary`; each kind of line has a small function of its own
-that returns its text (or nothing, when the line does not apply).
+that returns its text (or nothing, when the line does not apply).  The phase table is
+:meth:`.timings.TemplateTimings.rows`, the very rows ``--concurrent-db-timings`` prints:
+one source for both.
 """
 
 from __future__ import annotations
 
 import statistics
 from collections.abc import Iterable, Sequence
+from dataclasses import replace
 from typing import Protocol
 
 from .report import WorkerReport
+from .timings import timings_from_reports
 
 __all__ = ["Terminal", "write_summary"]
 
@@ -37,8 +41,11 @@ def write_summary(
     keep: bool,
     default_backend: str,
     reaped: Sequence[str] = (),
+    verbose: bool = False,
 ) -> None:
-    """Write the ``concurrent-db`` section: one block per template, then the run's totals.
+    """Write the ``concurrent-db`` section: one block per template (its phase table, the
+    same rows as ``--concurrent-db-timings``, with each worker's seconds when ``verbose``),
+    a verdict line per worker, then the run's totals.
 
     ``swept`` are the databases of crashed workers the controller dropped at the end of
     the run; ``reaped`` those of dead runs it dropped at the start (workers report their
@@ -46,16 +53,24 @@ def write_summary(
     """
     tr.section("concurrent-db")
     tr.write_line(f"run: {run_id}")
+    ordered_all = sorted(reports, key=_worker_order)
+    timings = {t.template: t for t in timings_from_reports(ordered_all, run_id).templates}
     for template, group in _by_template(reports).items():
         ordered = sorted(group, key=_worker_order)
         tr.write_line(_backend_line(ordered[0], default_backend))
         tr.write_line(_template_line(template, ordered))
         tr.write_line(_clones_line(ordered))
+        if template in timings:
+            for row in timings[template].rows(workers=verbose):
+                tr.write_line(row)
         for line in (_spares_line(ordered), _fresh_line(ordered), _teardown_line(ordered)):
             if line is not None:
                 tr.write_line(line)
         for line in [*_spare_error_lines(ordered), *_fresh_error_lines(ordered)]:
             tr.write_line(line, yellow=True)
+    for report in sorted(_by_worker(reports).values(), key=_worker_order):
+        text, markup = _verdict_line(report, keep=keep)
+        tr.write_line(text, **markup)
     if reports:
         tr.write_line(_isolation_line(reports, isolation))
     tr.write_line(_dropped_line(reports, swept, keep=keep))
@@ -163,6 +178,46 @@ def _teardown_line(ordered: Sequence[WorkerReport]) -> str | None:
         parts.append(f"waiting for its spare {slowest.spare_wait_seconds:.2f}s")
     parts.append(f"drop {slowest.drop_seconds:.2f}s")
     return f"teardown (slowest, {slowest.worker_id}): {', '.join(parts)}"
+
+
+def _by_worker(reports: Iterable[WorkerReport]) -> dict[str, WorkerReport]:
+    """One report per worker, its templates' numbers added up (a Django worker has one per
+    test database)."""
+    out: dict[str, WorkerReport] = {}
+    for report in reports:
+        seen = out.get(report.worker_id)
+        if seen is None:
+            out[report.worker_id] = replace(report, dropped=list(report.dropped))
+            continue
+        seen.checks += report.checks
+        seen.failures += report.failures
+        seen.warnings += report.warnings
+        seen.dropped.extend(report.dropped)
+        seen.template_built = seen.template_built or report.template_built
+        seen.clone = seen.clone if seen.clone and report.clone else ""
+    return out
+
+
+def _verdict_line(report: WorkerReport, *, keep: bool) -> tuple[str, dict[str, bool]]:
+    """``gw1: ok — 12 checks, dropped`` (or what went wrong), with its colour."""
+    parts = []
+    if report.template_built:
+        parts.append("built the template")
+    if not report.clone:
+        verdict, markup = "setup failed (no clone)", {"red": True}
+    elif report.failures:
+        verdict, markup = (
+            f"isolation failed in {report.failures} test{'s' if report.failures != 1 else ''}",
+            {"red": True},
+        )
+    elif report.warnings:
+        verdict, markup = f"ok, {report.warnings} warned", {"yellow": True}
+    else:
+        verdict, markup = "ok", {}
+    if report.clone:
+        parts.append(f"{report.checks} check{'' if report.checks == 1 else 's'}")
+        parts.append("kept" if keep else "dropped" if report.dropped else "not dropped")
+    return f"{report.worker_id}: {verdict} — {', '.join(parts)}" if parts else f"{report.worker_id}: {verdict}", markup
 
 
 def _spare_error_lines(ordered: Sequence[WorkerReport]) -> list[str]:

@@ -30,6 +30,7 @@ from .errors import ConfigError, LockTimeoutError
 from .incremental import Base, encode_manifest, find_base
 from .markers import build_id, create_marked, new_marker, ready
 from .naming import PREFIX, template_name
+from .progress import BuildProgress
 from .site import Site
 
 __all__ = [
@@ -196,6 +197,7 @@ def ensure_template(
     rebuild: bool = False,
     on_built: Callable[[Template], None] | None = None,
     on_name: Callable[[str], None] | None = None,
+    progress: BuildProgress | None = None,
 ) -> Template:
     """A ready template for these inputs on ``backend``, built under the locks if needed.
 
@@ -203,6 +205,7 @@ def ensure_template(
     built by this run is always reused.  ``on_built`` runs after a build, still under
     the lock (the caller prunes out-of-date templates there).  ``on_name`` learns the
     template's name before any build (so that a failed one can still be reported).
+    ``progress`` hears when this process waits for the lock, builds (step by step) and is done.
     """
     started = time.perf_counter()
     print_, outside = _fingerprints(backend, populators, extra)
@@ -221,19 +224,32 @@ def ensure_template(
     if found is not None:
         return made(found)
     started = time.perf_counter()
-    with template_lock(backend, site, name, run_id, worker_id):
+    on_wait = (lambda: progress.waiting(name)) if progress is not None else None
+    with template_lock(backend, site, name, run_id, worker_id, on_wait=on_wait):
         waited = time.perf_counter() - started
         found = _usable(backend.get_marker(name), print_, rebuild, run_id)
         if found is not None:
+            if progress is not None:
+                progress.finished(built=False)
             return made(found, lock_wait_seconds=waited)
         begun = time.perf_counter()
         manifest = encode_manifest(outside, populators)
         base = None if rebuild else _base(backend, site, manifest, populators)
         failures: list[str] = []
-        build, base = _build(
-            backend, site, name, print_, populators,
-            run_id=run_id, worker_id=worker_id, manifest=manifest, base=base, failures=failures,
-        )  # fmt: skip
+        if progress is not None:
+            progress.building(name, populators)
+        try:
+            with progress.current() if progress is not None else contextlib.nullcontext():
+                build, base = _build(
+                    backend, site, name, print_, populators, run_id=run_id, worker_id=worker_id, manifest=manifest,
+                    base=base, progress=progress, failures=failures,
+                )  # fmt: skip
+        except BaseException:
+            if progress is not None:
+                progress.finished(built=False, failed=True)
+            raise
+        if progress is not None:
+            progress.finished(built=True)
         template = made(
             build,
             built=True,
@@ -276,6 +292,7 @@ def _build(
     worker_id: str,
     manifest: str = "",
     base: Base | None = None,
+    progress: BuildProgress | None = None,
     failures: list[str] | None = None,
 ) -> tuple[str, Base | None]:
     """Build template ``name``; returns its build id, and ``base`` if it was built from it.
@@ -305,8 +322,10 @@ def _build(
             connection = backend.connect(name)
             try:
                 tune_build_session(backend, connection)
-                for populator in populators:
+                for index, populator in enumerate(populators):
                     if base is None or populator.resume_key:
+                        if progress is not None:
+                            progress.step(index)
                         populator.apply(backend, connection, name)
                 connection.commit()
             finally:
@@ -352,19 +371,37 @@ def tune_build_session(backend: Backend, connection: Any) -> None:
 
 
 @contextmanager
-def template_lock(backend: Backend, site: Site, name: str, run_id: str, worker_id: str) -> Iterator[None]:
+def template_lock(
+    backend: Backend,
+    site: Site,
+    name: str,
+    run_id: str,
+    worker_id: str,
+    *,
+    on_wait: Callable[[], None] | None = None,
+) -> Iterator[None]:
     """The lock of template ``name``: the machine-wide file lock (waiting there costs the
     server nothing), then the server-side lock (for other machines).  SQLite's server
-    lock is itself a file lock beside its templates: one is enough."""
+    lock is itself a file lock beside its templates: one is enough.  ``on_wait`` is called
+    once if a lock is not free at once (another process holds it)."""
     timeout = site.lock_timeout
     started = time.monotonic()
+    waits = [on_wait] if on_wait is not None else []
+
+    def wait() -> None:
+        while waits:
+            with contextlib.suppress(Exception):
+                waits.pop()()
+
     with contextlib.ExitStack() as stack:
         if backend.name != "sqlite":
-            stack.enter_context(_file_lock(site, name, run_id, worker_id))
+            stack.enter_context(_file_lock(site, name, run_id, worker_id, on_wait=wait))
         remaining = max(timeout - (time.monotonic() - started), 0.1)
         key = f"template:{name}"
         try:
-            backend.acquire_lock(key, remaining)
+            if not waits or not _try_lock(backend, key):
+                wait()
+                backend.acquire_lock(key, remaining)
         except LockTimeoutError as exc:
             raise LockTimeoutError(f"the template lock of {name} ({exc.lock})", timeout, exc.holder) from None
         try:
@@ -373,13 +410,30 @@ def template_lock(backend: Backend, site: Site, name: str, run_id: str, worker_i
             backend.release_lock(key)
 
 
+def _try_lock(backend: Backend, key: str) -> bool:
+    """``backend.try_lock(key)``; False when it cannot say (``acquire_lock`` then waits)."""
+    try:
+        return backend.try_lock(key)
+    except Exception:
+        return False
+
+
 @contextmanager
-def _file_lock(site: Site, name: str, run_id: str, worker_id: str) -> Iterator[None]:
+def _file_lock(
+    site: Site, name: str, run_id: str, worker_id: str, *, on_wait: Callable[[], None] | None = None
+) -> Iterator[None]:
     site.directories.locks.mkdir(parents=True, exist_ok=True)
     path = site.directories.locks / f"{name}.lock"
     lock = FileLock(path, timeout=site.lock_timeout)
     try:
-        lock.acquire()
+        if on_wait is not None:
+            try:
+                lock.acquire(timeout=0)
+            except Timeout:
+                on_wait()
+                lock.acquire()
+        else:
+            lock.acquire()
     except Timeout:
         raise LockTimeoutError(f"the template lock {path}", site.lock_timeout, _holder(path)) from None
     try:

@@ -25,10 +25,12 @@ import statistics
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from .report import WorkerReport
-from .summary import Terminal
+
+if TYPE_CHECKING:
+    from .summary import Terminal
 
 __all__ = ["Phase", "TemplateTimings", "Timings", "json_path", "timings_from_reports", "write_timings"]
 
@@ -79,6 +81,22 @@ class TemplateTimings:
     #: the template an incremental build started from ("" for a full build or a reuse)
     built_from: str = ""
 
+    def rows(self, width: int = 0, *, workers: bool = False) -> list[str]:
+        """The phase table (a head, then a row per phase: n, min, median, max seconds);
+        ``workers``: each process's seconds under its phase.  The terminal summary and
+        ``--concurrent-db-timings`` both print these rows."""
+        width = width or max([len(p.label) for p in self.phases] + [24]) + 2
+        out = [f"{'  phase':<{width + 2}}{'n':>4}{'min':>9}{'median':>9}{'max':>9}"]
+        for phase in self.phases:
+            values = phase.seconds
+            out.append(
+                f"  {phase.label:<{width}}{len(values):>4}{min(values):>9.3f}"
+                f"{statistics.median(values):>9.3f}{max(values):>9.3f}"
+            )
+            if workers:
+                out.extend(f"    {worker:<{width - 2}}{'':>4}{seconds:>9.3f}" for worker, seconds in phase.samples)
+        return out
+
     def to_json(self) -> dict[str, Any]:
         return {
             "template": self.template,
@@ -104,17 +122,10 @@ class Timings:
     def lines(self) -> list[str]:
         """The table, one line per phase under a line per template."""
         width = max([len(p.label) for t in self.templates for p in t.phases] + [24]) + 2
-        head = f"{'  phase':<{width + 2}}{'n':>4}{'min':>9}{'median':>9}{'max':>9}"
         out = [f"run {self.run_id} (seconds)"]
         for template in self.templates:
             out.append(f"{template.template} ({template.backend})")
-            out.append(head)
-            for phase in template.phases:
-                values = phase.seconds
-                out.append(
-                    f"  {phase.label:<{width}}{len(values):>4}{min(values):>9.3f}"
-                    f"{statistics.median(values):>9.3f}{max(values):>9.3f}"
-                )
+            out.extend(template.rows(width))
         if not self.templates:
             out.append("no template was used")
         return out

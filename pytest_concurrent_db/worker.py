@@ -17,6 +17,7 @@ from collections.abc import Sequence
 from .backends import Backend
 from .clones import ConcurrentDatabase, drop_clone, handle, keep_clone, make_clone
 from .janitor import Janitor
+from .progress import BuildProgress
 from .report import WorkerReport
 from .site import Site
 from .spares import CopyHistory, FreshPool, SpareMaker, claim_spare, spares_pay_off, wanted_spares
@@ -41,6 +42,8 @@ class WorkerDatabases:
         self.template: Template | None = None
         self.database: ConcurrentDatabase | None = None
         self._spares: SpareMaker | None = None
+        #: told when this process waits for, builds, or finds its template (None: nobody listens)
+        self.progress: BuildProgress | None = None
 
     def preflight(self) -> None:
         """Connect, check privileges, and reap what dead runs left behind."""
@@ -62,6 +65,7 @@ class WorkerDatabases:
             rebuild=rebuild,
             on_built=self._after_build,
             on_name=self._name_known,  # a build that fails is still reported as "not ready"
+            progress=self.progress,
         )
         self.stats.lock_wait_seconds = self.template.lock_wait_seconds
         self.stats.fingerprint_seconds = self.template.fingerprint_seconds

@@ -78,6 +78,7 @@ NAMES = [
         "CONCURRENT_DB_FRESH_TRANSACTIONAL",
     ),
     ("isolation", "choice", "--concurrent-db-isolation", "concurrent_db_isolation", "CONCURRENT_DB_ISOLATION"),
+    ("progress", "choice", "--concurrent-db-progress", "concurrent_db_progress", "CONCURRENT_DB_PROGRESS"),
     # SQLAlchemy and Alembic
     ("alembic_ini", "path", "--concurrent-db-alembic-ini", "concurrent_db_alembic_ini", "CONCURRENT_DB_ALEMBIC_INI"),
     ("alembic_env", "str", "--concurrent-db-alembic-env", "concurrent_db_alembic_env", "CONCURRENT_DB_ALEMBIC_ENV"),
@@ -147,6 +148,7 @@ def test_resolve_reads_the_literal_names() -> None:
         "keep_failed": "default",
         "fresh_transactional": "default",
         "isolation": "ini concurrent_db_isolation",
+        "progress": "default",
         **dict.fromkeys(SQLALCHEMY_OPTIONS, "default"),
     }
 

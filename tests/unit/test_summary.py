@@ -9,6 +9,7 @@ import pytest
 
 from pytest_concurrent_db.report import WorkerReport
 from pytest_concurrent_db.summary import write_summary
+from pytest_concurrent_db.timings import timings_from_reports
 
 TEMPLATE = "cdb_tpl_0123abcd"
 URL = "postgresql://postgres@127.0.0.1:5432/app"
@@ -70,23 +71,75 @@ def test_template_built_by_one_worker_and_cloned_by_both() -> None:
             template_built=True,
             template_seconds=1.234,
             lock_wait_seconds=0.01,
+            fingerprint_seconds=0.002,
             clone_seconds=0.012,
             checks=3,
             check_seconds=0.02,
             drop_seconds=0.03,
         ),
-        worker("gw1", lock_wait_seconds=1.3, clone_seconds=0.015, checks=2, failures=1, warnings=1),
+        worker(
+            "gw1",
+            lock_wait_seconds=1.3,
+            fingerprint_seconds=0.002,
+            clone_seconds=0.015,
+            checks=2,
+            failures=1,
+            warnings=1,
+        ),
     ]
     terminal = summarize(reports)
     assert terminal.sections == ["concurrent-db"]
-    assert terminal.lines == [
-        ("run: 1f2e3d4c", {}),
-        (f"backend: postgresql  url: {URL}", {}),
-        (f"template: {TEMPLATE} built by gw0 in 1.23s; longest lock wait 1.30s", {}),
-        (f"clones ({METHOD}): gw0 0.012s, gw1 0.015s", {}),
-        ("teardown (slowest, gw0): isolation checks 0.02s, drop 0.03s", {}),
-        ("isolation (default): 5 checks, 1 failed, 1 warned", {}),
-        ("dropped: 2 databases (0 left by crashed workers)", {}),
+    assert [" ".join(text.split()) for text, _ in terminal.lines] == [
+        "run: 1f2e3d4c",
+        f"backend: postgresql url: {URL}",
+        f"template: {TEMPLATE} built by gw0 in 1.23s; longest lock wait 1.30s",
+        f"clones ({METHOD}): gw0 0.012s, gw1 0.015s",
+        "phase n min median max",
+        "fingerprint 2 0.002 0.002 0.002",
+        "lock wait 2 0.010 0.655 1.300",
+        "template build 1 1.234 1.234 1.234",
+        "template reuse (no migrations) 1 0.000 0.000 0.000",
+        "clone per worker 2 0.012 0.013 0.015",
+        "isolation check 2 0.000 0.010 0.020",
+        "drop 2 0.000 0.015 0.030",
+        "teardown (slowest, gw0): isolation checks 0.02s, drop 0.03s",
+        "gw0: ok — built the template, 3 checks, dropped",
+        "gw1: isolation failed in 1 test — 2 checks, dropped",
+        "isolation (default): 5 checks, 1 failed, 1 warned",
+        "dropped: 2 databases (0 left by crashed workers)",
+    ]
+    assert dict(terminal.lines)["gw1: isolation failed in 1 test — 2 checks, dropped"] == {"red": True}
+
+
+def test_phase_rows_are_the_timings_rows() -> None:
+    """One source: the summary prints the rows ``--concurrent-db-timings`` prints."""
+    reports = [
+        worker("gw0", template_built=True, template_seconds=2.5, fingerprint_seconds=0.004, lock_wait_seconds=0.01),
+        worker("gw1", fingerprint_seconds=0.003, lock_wait_seconds=2.4, reuse_seconds=0.002, clone_seconds=0.03),
+    ]
+    terminal = summarize(reports)
+    table = timings_from_reports(reports, "1f2e3d4c").lines()
+    rows = table[2:]  # after the run and template lines
+    start = terminal.texts.index(rows[0])
+    assert terminal.texts[start : start + len(rows)] == rows
+
+
+def test_verbose_shows_each_workers_seconds_under_its_phase() -> None:
+    reports = [worker("gw0", clone_seconds=0.011), worker("gw1", clone_seconds=0.019)]
+    terminal = summarize(reports, verbose=True)
+    texts = [" ".join(text.split()) for text in terminal.texts]
+    at = texts.index("clone per worker 2 0.011 0.015 0.019")
+    assert texts[at + 1 : at + 3] == ["gw0 0.011", "gw1 0.019"]
+    assert "gw0 0.011" not in [" ".join(t.split()) for t in summarize(reports).texts]
+
+
+def test_verdicts_warned_kept_and_failed_setup() -> None:
+    reports = [worker("gw0", warnings=2, checks=4), worker("gw1", clone="", dropped=[]), worker("gw2", dropped=[])]
+    terminal = summarize(reports, keep=True)
+    assert terminal.starting("gw") == [
+        "gw0: ok, 2 warned — 4 checks, kept",
+        "gw1: setup failed (no clone)",
+        "gw2: ok — 0 checks, kept",
     ]
 
 
@@ -116,12 +169,15 @@ def test_an_incremental_build_given_up_says_why() -> None:
 
 
 def test_setup_failed_before_any_clone() -> None:
-    terminal = summarize([worker("gw0", clone="", method="", clone_seconds=0.0, dropped=[])], isolation="strict")
+    report = worker("gw0", clone="", method="", clone_seconds=0.0, dropped=[])
+    terminal = summarize([report], isolation="strict")
     assert terminal.texts == [
         "run: 1f2e3d4c",
         f"backend: postgresql  url: {URL}",
         f"template: {TEMPLATE} not ready (setup failed); longest lock wait 0.00s",
         "clones: ",
+        *timings_from_reports([report], "r").templates[0].rows(),
+        "gw0: setup failed (no clone)",
         "isolation (strict): 0 checks, 0 failed, 0 warned",
         "dropped: 0 databases (0 left by crashed workers)",
     ]
@@ -137,6 +193,7 @@ def test_backend_and_url_defaults_for_a_plain_sqlite_run() -> None:
     terminal = summarize([report], default_backend="sqlite")
     assert terminal.starting("backend:") == ["backend: sqlite  url: sqlite (default)"]
     assert terminal.starting("clones") == ["clones (file copy): main 0.000s"]
+    assert terminal.starting("main:") == ["main: ok — 0 checks, not dropped"]
 
 
 def test_spares_made_claimed_and_failed() -> None:
@@ -152,11 +209,14 @@ def test_spares_made_claimed_and_failed() -> None:
     assert terminal.starting("spares for the next run:") == [
         "spares for the next run: 3 made in the background while the tests ran (gw0 0.50s, gw1 0.75s)"
     ]
-    assert terminal.starting("teardown") == [
-        "teardown (slowest, gw1): isolation checks 0.00s, waiting for its spare 0.20s, drop 0.00s"
-    ]
+    assert " ".join(next(t for t in terminal.texts if "clone per worker" in t).split()) == (
+        "clone per worker (spare taken over) 3 0.010 0.010 0.010"
+    )
     assert [line for line in terminal.lines if line[1]] == [
         ("spares: gw2 could not make one: disk full", {"yellow": True})
+    ]
+    assert terminal.starting("teardown") == [
+        "teardown (slowest, gw1): isolation checks 0.00s, waiting for its spare 0.20s, drop 0.00s"
     ]
     # the error follows the template's other lines
     assert (
@@ -201,6 +261,20 @@ def test_no_fresh_line_without_fresh_databases_and_an_error_in_yellow() -> None:
     assert not summarize([worker("gw0")]).starting("fresh")
     terminal = summarize([worker("gw0", fresh_used=1, fresh_waits=[0.1], fresh_error="disk full")])
     assert ("fresh clones: gw0: disk full", {"yellow": True}) in terminal.lines
+
+
+def test_teardown_phases_are_rows_of_the_table() -> None:
+    reports = [
+        worker("gw0", checks=1, check_seconds=0.30, drop_seconds=0.10),
+        worker("gw1", checks=1, check_seconds=0.05, drop_seconds=0.50),
+        worker("gw2", checks=1, check_seconds=0.10, drop_seconds=0.10, spares_made=1, spare_wait_seconds=0.05),
+        worker("gw3", dropped=[]),  # nothing checked, nothing dropped: in neither row
+    ]
+    assert reports[1].teardown_seconds == pytest.approx(0.55)
+    terminal = summarize(reports)
+    rows = [" ".join(t.split()) for t in terminal.texts if t.startswith("  ")]
+    assert "isolation check 3 0.050 0.100 0.300" in rows
+    assert "drop 3 0.100 0.100 0.500" in rows
 
 
 def test_teardown_line_names_the_slowest_worker() -> None:
@@ -279,11 +353,15 @@ def test_each_template_gets_its_own_block() -> None:
         f"backend: postgresql  url: {URL}",
         f"template: {TEMPLATE} built by gw0 in 2.00s; longest lock wait 0.00s",
         f"clones ({METHOD}): gw0 0.010s, gw1 0.020s",
+        *timings_from_reports(reports, "r").templates[0].rows(),
         "teardown (slowest, gw0): isolation checks 0.00s, drop 0.00s",
         f"backend: mysql  url: {other_url}",
         "template: cdb_tpl_other built by gw1 in 3.00s; longest lock wait 0.00s",
         "clones (mysqldump): gw0 0.200s, gw1 0.300s",
+        *timings_from_reports(reports, "r").templates[1].rows(),
         "teardown (slowest, gw0): isolation checks 0.00s, drop 0.00s",
+        "gw0: ok — built the template, 0 checks, dropped",
+        "gw1: ok — built the template, 0 checks, dropped",
         "isolation (default): 0 checks, 0 failed, 0 warned",
         "dropped: 4 databases (0 left by crashed workers)",
     ]
@@ -292,7 +370,11 @@ def test_each_template_gets_its_own_block() -> None:
 def test_workers_are_listed_in_numeric_order() -> None:
     reports = [worker(worker_id) for worker_id in ("gw10", "gw2", "gw1")]
     terminal = summarize(reports)
-    assert terminal.starting("clones") == [f"clones ({METHOD}): gw1 0.010s, gw2 0.010s, gw10 0.010s"]
+    assert terminal.starting("gw") == [
+        "gw1: ok — 0 checks, dropped",
+        "gw2: ok — 0 checks, dropped",
+        "gw10: ok — 0 checks, dropped",
+    ]
 
 
 # -- the wire format -----------------------------------------------------------------------------------------
@@ -323,3 +405,4 @@ def test_a_report_filled_while_working_renders() -> None:
     report.dropped.append("cdb_gw0")
     assert report == replace(worker("gw0", clone_seconds=0.0), dropped=["cdb_gw0"])
     assert summarize([report]).starting("clones") == [f"clones ({METHOD}): gw0 0.000s"]
+    assert summarize([report]).starting("gw0") == ["gw0: ok — 0 checks, dropped"]
