@@ -194,6 +194,9 @@ class _Session:
             lock_timeout=self.settings.lock_timeout,
             keep_templates=self.settings.keep_templates,
             clone_strategy=self.settings.clone_strategy,
+            snapshot_dir=self.settings.snapshot_dir,
+            snapshot_keep=self.settings.snapshot_keep,
+            pg_bin=self.settings.pg_bin,
         )
 
     def _template_and_clones(self, database: _TestDatabase, keys: CodeKeys) -> None:

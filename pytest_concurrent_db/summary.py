@@ -11,6 +11,7 @@ from collections.abc import Iterable, Sequence
 from typing import Protocol
 
 from .report import WorkerReport
+from .snapshot import summary_lines as snapshot_lines
 
 __all__ = ["Terminal", "write_summary"]
 
@@ -55,6 +56,8 @@ def write_summary(
                 tr.write_line(line)
         for line in _spare_error_lines(ordered):
             tr.write_line(line, yellow=True)
+        for text, warning in snapshot_lines(ordered):
+            tr.write_line(text, yellow=warning)
     if reports:
         tr.write_line(_isolation_line(reports, isolation))
     tr.write_line(_dropped_line(reports, swept, keep=keep))
@@ -83,7 +86,9 @@ def _backend_line(first: WorkerReport, default_backend: str) -> str:
 
 def _template_line(template: str, group: Sequence[WorkerReport]) -> str:
     builder = next((r for r in group if r.template_built), None)
-    if builder is not None:
+    if builder is not None and builder.snapshot_restored:
+        how = f"restored from a snapshot by {builder.worker_id} in {builder.template_seconds:.2f}s"
+    elif builder is not None:
         how = f"built by {builder.worker_id} in {builder.template_seconds:.2f}s"
     elif any(r.clone for r in group):
         how = "reused (inputs unchanged)"

@@ -30,6 +30,7 @@ from .errors import ConfigError, LockTimeoutError
 from .markers import build_id, create_marked, new_marker, ready
 from .naming import template_name
 from .site import Site
+from .snapshot import SnapshotOutcome, restore_snapshot, write_snapshot
 
 __all__ = [
     "PopulateSpec",
@@ -149,6 +150,8 @@ class Template:
     #: what built it: a clone that finds it pruned by another run rebuilds it from these
     populators: tuple[Populator, ...] = field(default=(), repr=False, compare=False)
     extra: tuple[str, ...] = field(default=(), repr=False, compare=False)
+    #: what the snapshot step did (:mod:`.snapshot`): restored, written, warnings
+    snapshot: SnapshotOutcome | None = field(default=None, repr=False, compare=False)
 
     @property
     def backend(self) -> str:
@@ -205,10 +208,17 @@ def ensure_template(
         if found is not None:
             return made(found, lock_wait_seconds=waited)
         begun = time.perf_counter()
-        build = _build(backend, site, name, print_, populators, run_id=run_id, worker_id=worker_id)
-        template = made(build, built=True, build_seconds=time.perf_counter() - begun, lock_wait_seconds=waited)
+        snap = restore_snapshot(backend, site, name, print_, run_id=run_id, worker_id=worker_id)
+        build = snap.build_id or _build(backend, site, name, print_, populators, run_id=run_id, worker_id=worker_id)
+        template = made(
+            build, built=True, build_seconds=time.perf_counter() - begun, lock_wait_seconds=waited, snapshot=snap
+        )
         if on_built is not None:
             on_built(template)
+    if not snap.restored:  # outside the lock: the other processes clone meanwhile
+        written = write_snapshot(backend, site, name, print_, run_id=run_id)
+        snap.written, snap.seconds = written.written, written.seconds
+        snap.warnings += written.warnings
     return template
 
 

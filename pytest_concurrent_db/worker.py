@@ -19,6 +19,7 @@ from .clones import ConcurrentDatabase, drop_clone, handle, keep_clone, make_clo
 from .janitor import Janitor
 from .report import WorkerReport
 from .site import Site
+from .snapshot import record_snapshot
 from .spares import SpareMaker, claim_spare, spares_pay_off, wanted_spares
 from .template import Populator, Template, ensure_template
 
@@ -66,6 +67,7 @@ class WorkerDatabases:
         if self.template.built:
             self.stats.template_built = True
             self.stats.template_seconds = self.template.build_seconds
+            record_snapshot(self.stats, self.template.snapshot)
         else:
             spent = time.perf_counter() - started - self.template.fingerprint_seconds - self.template.lock_wait_seconds
             self.stats.reuse_seconds = max(spent, 0.0)

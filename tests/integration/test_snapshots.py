@@ -1,0 +1,165 @@
+"""Template snapshots (issue 15): written after a build, restored on a server without the
+template (a fresh CI server) with no migration or schema file run, and ignored with one
+warning when corrupt, truncated or of another fingerprint."""
+
+from __future__ import annotations
+
+import shutil
+from pathlib import Path
+
+import pytest
+
+from pytest_concurrent_db.snapshot import FORMAT, read_header
+
+from .conftest import Project, summary
+
+#: counts every build of the template: the hook runs only when the template is built
+CONFTEST = """
+    import os
+
+    def pytest_concurrent_db_populate_template(config, connection, backend):
+        with open(os.path.join(os.environ["RESULTS_DIR"], "builds"), "a") as out:
+            out.write("built\\n")
+"""
+
+TESTS = """
+    def test_schema_restored(concurrent_db_connection):
+        cur = concurrent_db_connection.cursor()
+        cur.execute("SELECT name FROM author")
+        assert [row[0] for row in cur.fetchall()] == ["seed"]
+        cur.execute("INSERT INTO book (author_id, title) VALUES (1, 'x')")
+        cur.execute("SELECT count(*) FROM audit")  # the trigger came back too
+        assert cur.fetchone()[0] == 1
+        cur.execute("SELECT name FROM book_view")
+        assert [row[0] for row in cur.fetchall()] == ["seed"]
+        concurrent_db_connection.rollback()
+
+    def test_other(concurrent_db_connection):
+        cur = concurrent_db_connection.cursor()
+        cur.execute("SELECT count(*) FROM book")
+        assert cur.fetchone()[0] == 0
+"""
+
+
+def _builds(results: Path) -> int:
+    path = results / "builds"
+    return len(path.read_text().splitlines()) if path.exists() else 0
+
+
+def _snapshots(directory: Path) -> list[Path]:
+    return sorted(directory.glob("*.snap"))
+
+
+def _fresh_server(project: Project) -> None:
+    """What a CI job with a new database server sees: no template (nor anything else) of ours."""
+    project.drop_all()
+    assert project.server_names() == []
+
+
+def _run(project: Project, snaps: Path, *args: str) -> pytest.RunResult:
+    result = project.run("-n", "2", "--concurrent-db-snapshot-dir", str(snaps), *args)
+    result.assert_outcomes(passed=2)
+    assert project.clones() == []
+    return result
+
+
+def _warnings(result: pytest.RunResult) -> list[str]:
+    return [line for line in result.stdout.lines if "snapshot warning:" in line]
+
+
+def test_snapshot_written_then_restored_without_migrations(project: Project, results_dir: Path) -> None:
+    project.write(tests=TESTS, conftest=CONFTEST)
+    snaps = project.pytester.path / "snaps"
+    first = _run(project, snaps)
+    assert _builds(results_dir) == 1
+    (snapshot,) = _snapshots(snaps)
+    assert snapshot.name.endswith(f".{project.backend}.snap")
+    assert "written to" in summary(first)
+    with snapshot.open("rb") as stream:
+        header = read_header(stream)
+    assert header["format"] == FORMAT
+    assert header["backend"] == project.backend
+    assert snapshot.name == f"{header['fingerprint']}.{project.backend}.snap"
+    for key in ("plugin", "server_major", "created", "checksum"):
+        assert header[key]
+    counts = header["counts"]
+    assert counts["tables"] == 3
+    assert counts["views"] == 1
+    assert counts["triggers"] == 1
+    assert counts["foreign_keys"] == 1
+    assert counts["indexes"] >= 1
+    assert sorted(counts["rows"].values()) == [0, 0, 1]
+
+    _fresh_server(project)
+    second = _run(project, snaps)
+    assert _builds(results_dir) == 1  # no migration, no schema file, no hook: restored
+    text = summary(second)
+    assert "restored from" in text, text
+    assert _warnings(second) == []
+    assert _snapshots(snaps) == [snapshot]
+
+    # the template is on the server again: the next run reuses it, no snapshot involved
+    third = _run(project, snaps)
+    assert _builds(results_dir) == 1
+    assert "restored from" not in summary(third)
+
+
+@pytest.mark.parametrize("damage", ["flipped byte", "truncated"])
+def test_damaged_snapshot_is_ignored_with_one_warning(project: Project, results_dir: Path, damage: str) -> None:
+    project.write(tests=TESTS, conftest=CONFTEST)
+    snaps = project.pytester.path / "snaps"
+    _run(project, snaps)
+    (snapshot,) = _snapshots(snaps)
+    data = bytearray(snapshot.read_bytes())
+    if damage == "truncated":
+        del data[len(data) * 2 // 3 :]
+    else:
+        data[len(data) * 2 // 3] ^= 0x01
+    snapshot.write_bytes(bytes(data))
+
+    _fresh_server(project)
+    result = _run(project, snaps, "-W", "error")
+    assert _builds(results_dir) == 2  # built the normal way
+    (warning,) = _warnings(result)
+    assert "ignored" in warning
+    assert "corrupt" in warning or "truncated" in warning, warning
+    # the build wrote a sound snapshot again, which the next fresh server restores
+    _fresh_server(project)
+    again = _run(project, snaps)
+    assert _builds(results_dir) == 2
+    assert "restored from" in summary(again)
+
+
+def test_snapshot_of_another_fingerprint_is_not_used(project: Project, results_dir: Path) -> None:
+    project.write(tests=TESTS, conftest=CONFTEST)
+    snaps = project.pytester.path / "snaps"
+    _run(project, snaps)
+    (old,) = _snapshots(snaps)
+    schema = project.pytester.path / "schema.sql"
+    schema.write_text(schema.read_text() + "\nCREATE TABLE extra (id INTEGER);\n")
+    _fresh_server(project)
+    _run(project, snaps)  # a new fingerprint: the old snapshot does not fit
+    assert _builds(results_dir) == 2
+    new = next(path for path in _snapshots(snaps) if path != old)
+    # a snapshot under the new fingerprint's name whose content is the old one: refused
+    shutil.copyfile(old, new)
+    _fresh_server(project)
+    result = _run(project, snaps)
+    assert _builds(results_dir) == 3
+    (warning,) = _warnings(result)
+    assert "another fingerprint" in warning
+
+
+def test_snapshot_keep(project: Project, results_dir: Path) -> None:
+    project.write(tests=TESTS, conftest=CONFTEST, ini="concurrent_db_snapshot_keep = 2\n")
+    snaps = project.pytester.path / "snaps"
+    schema = project.pytester.path / "schema.sql"
+    original = schema.read_text()
+    written: list[Path] = []
+    for i in range(4):
+        schema.write_text(original + f"\nCREATE TABLE extra{i} (id INTEGER);\n")
+        before = set(_snapshots(snaps))
+        _run(project, snaps)
+        (new,) = set(_snapshots(snaps)) - before
+        written.append(new)
+    assert _snapshots(snaps) == sorted(written[-2:])  # the newest two
