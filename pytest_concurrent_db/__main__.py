@@ -1,4 +1,4 @@
-"""``python -m pytest_concurrent_db list|prune``: our databases on a server.
+"""``python -m pytest_concurrent_db list|prune|fingerprint``: our databases on a server.
 
 ``list`` shows the templates and clones we made for the URL's database name (with
 ``--all``: for every project on the server): name, kind, run, live or dead, age, size.
@@ -6,6 +6,9 @@
 template builds, out-of-date templates beyond ``--keep-templates`` that no live run
 uses — as a dry run unless ``--yes`` is given.  The same safety rules as the plugin:
 only databases with our prefix and our marker, never one whose owner is alive.
+``fingerprint [pytest options]`` prints the template fingerprint(s) of the project in the
+current directory, one line each (fingerprint, backend, template name, what it serves),
+resolved as a run would (:mod:`.fingerprints`), e.g. as a CI cache key for snapshots.
 """
 
 from __future__ import annotations
@@ -68,9 +71,28 @@ def _table(entries: Sequence[Entry]) -> str:
     return "\n".join("  ".join(cell.ljust(w) for cell, w in zip(row, widths)).rstrip() for row in rows)
 
 
+def _fingerprint(args: Sequence[str]) -> int:
+    from .fingerprints import project_fingerprints
+
+    if any(arg in ("-h", "--help") for arg in args):
+        print("usage: python -m pytest_concurrent_db fingerprint [pytest options, e.g. --concurrent-db-url URL]")
+        return 0
+    try:
+        found = project_fingerprints(args)
+    except ConcurrentDBError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
+    for entry in found:
+        print(entry.line())
+    return 0 if found else 1
+
+
 def main(argv: Sequence[str] | None = None) -> int:
+    argv = list(sys.argv[1:] if argv is None else argv)
+    if argv and argv[0] == "fingerprint":
+        return _fingerprint(argv[1:])
     parser = argparse.ArgumentParser(prog="python -m pytest_concurrent_db", description=__doc__.split("\n\n")[0])
-    parser.add_argument("command", choices=["list", "prune"])
+    parser.add_argument("command", choices=["list", "prune", "fingerprint"])
     parser.add_argument("--url", help="database server URL (default: env CONCURRENT_DB_URL, else SQLite)")
     parser.add_argument("--dir", help="SQLite template directory (default: ./.pytest_cache/d/concurrent_db)")
     parser.add_argument(

@@ -5,6 +5,8 @@ warning when corrupt, truncated or of another fingerprint."""
 from __future__ import annotations
 
 import shutil
+import subprocess
+import sys
 from pathlib import Path
 
 import pytest
@@ -163,3 +165,60 @@ def test_snapshot_keep(project: Project, results_dir: Path) -> None:
         (new,) = set(_snapshots(snaps)) - before
         written.append(new)
     assert _snapshots(snaps) == sorted(written[-2:])  # the newest two
+
+
+def _cli(project: Project, *args: str) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(
+        [sys.executable, "-m", "pytest_concurrent_db", *args],
+        cwd=project.pytester.path,
+        capture_output=True,
+        text=True,
+        timeout=120,
+        check=False,
+    )
+
+
+def test_fingerprint_command_names_the_snapshot_a_run_writes(project: Project, results_dir: Path) -> None:
+    project.write(tests=TESTS, conftest=CONFTEST)
+    url = project.url.render(hide_password=False)
+    before = project.server_names()
+    done = _cli(project, "fingerprint", "--concurrent-db-url", url)
+    assert done.returncode == 0, done.stderr
+    (line,) = done.stdout.splitlines()
+    print_, backend, template, _ = line.split(None, 3)
+    assert backend == project.backend
+    assert project.server_names() == before  # nothing made on the server
+    assert _builds(results_dir) == 0
+    snaps = project.pytester.path / "snaps"
+    _run(project, snaps)
+    assert [p.name for p in _snapshots(snaps)] == [f"{print_}.{project.backend}.snap"]
+    assert template in project.server_names()
+
+
+def test_bad_snapshot_settings_are_one_line_errors(pytester: pytest.Pytester) -> None:
+    pytester.makepyfile(test_x="def test_x(): pass\n")
+    afile = pytester.makefile(".txt", afile="x")
+    for args, expected in (
+        (["--concurrent-db-snapshot-dir", str(afile)], "is not a directory"),
+        (["--concurrent-db-snapshot-dir", "snaps", "--concurrent-db-snapshot-keep", "-1"], "whole number >= 0"),
+        (["--concurrent-db-pg-bin", str(afile)], "is not a directory"),
+    ):
+        result = pytester.runpytest_subprocess("--concurrent-db", *args)
+        assert result.ret == pytest.ExitCode.USAGE_ERROR
+        errors = [line for line in result.stderr.lines if line.strip()]
+        assert len(errors) == 1, errors
+        assert expected in errors[0]
+        assert "Traceback" not in result.stderr.str()
+
+
+def test_missing_pg_dump_is_one_warning_and_the_run_goes_on(project: Project, results_dir: Path) -> None:
+    if project.backend != "postgresql":
+        pytest.skip("pg_dump is PostgreSQL's")
+    project.write(tests=TESTS, conftest=CONFTEST)
+    snaps = project.pytester.path / "snaps"
+    empty = project.pytester.mkdir("nobin")
+    result = _run(project, snaps, "--concurrent-db-pg-bin", str(empty))
+    (warning,) = _warnings(result)
+    assert "pg_dump not found" in warning
+    assert "postgresql-client-" in warning
+    assert _snapshots(snaps) == []
