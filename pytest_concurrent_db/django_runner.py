@@ -75,6 +75,9 @@ RUNNER_OPTIONS = (
     "spares",
     "isolation",
     "timings",
+    "snapshot_dir",
+    "snapshot_keep",
+    "pg_bin",
 )
 ALTERNATIVE = "run the tests without ConcurrentTestRunner (Django's own runner: remove TEST_RUNNER or --testrunner)"
 _MAX_THREADS = 8
@@ -210,6 +213,7 @@ class _Session:
         applied: list[int] = []
         populator = django_populator(first, key, self._point_template, applied)
         template = builder.ensure_template([populator], rebuild=self.settings.rebuild)
+        self.warns += [f"snapshot: {w}" for w in (template.snapshot.warnings if template.snapshot else [])]
         builder.stats.fingerprint_seconds += spent
         builder.stats.migrations = sum(applied)
         assert self._pool is not None
