@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import re
 import shutil
 import statistics
 import sys
@@ -27,6 +28,9 @@ import runs
 from benchlib import log
 
 TARGET = 0.15
+# Names of our own: runs.clean() must not drop what another benchmark on the same servers runs on.
+runs.TEST_NAME, runs.REUSE_NAME, runs.OUR_PREFIX = "bench_djsnap", "bench_djsnap_reuse", "cdb_bench_djsnap_"
+runs.THEIR_NAMES = re.compile(r"bench_djsnap(_reuse)?(_gw[0-9]+|_[0-9]+)?")
 
 
 def _variant(key: str, snapshots: Path | None) -> runs.Variant:

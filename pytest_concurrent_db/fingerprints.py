@@ -48,7 +48,8 @@ def project_fingerprints(args: Sequence[str] = ()) -> list[ProjectFingerprint]:
     from .state import get_state
 
     try:
-        config = _prepareconfig(["--concurrent-db", *args])
+        # --assert=plain: this package is imported already (no rewriting to warn about)
+        config = _prepareconfig(["--concurrent-db", "--assert=plain", *args])
     except pytest.UsageError as exc:
         raise ConcurrentDBError(str(exc)) from None
     try:

@@ -12,6 +12,7 @@ from pathlib import Path
 import pytest
 
 from pytest_concurrent_db.snapshot import FORMAT, read_header
+from pytest_concurrent_db.url import DatabaseURL
 
 from .conftest import Project, summary
 
@@ -222,3 +223,37 @@ def test_missing_pg_dump_is_one_warning_and_the_run_goes_on(project: Project, re
     assert "pg_dump not found" in warning
     assert "postgresql-client-" in warning
     assert _snapshots(snaps) == []
+
+
+def test_django_project_restored_without_migrations(
+    pytester: pytest.Pytester, monkeypatch: pytest.MonkeyPatch, backend_url: DatabaseURL
+) -> None:
+    """pytest-django: both test databases of the example project come back from their
+    snapshots, and ``fingerprint`` names them before pytest runs."""
+    from .test_django import DjangoProject, assert_passed
+
+    project = DjangoProject(pytester, monkeypatch, None if backend_url.backend == "sqlite" else backend_url)
+    try:
+        snaps = pytester.path / "snaps"
+        args = ("-n", "2", "--concurrent-db", f"--concurrent-db-snapshot-dir={snaps}")
+        printed = subprocess.run(
+            [sys.executable, "-m", "pytest_concurrent_db", "fingerprint"],
+            cwd=pytester.path, capture_output=True, text=True, timeout=120, check=False,
+        )  # fmt: skip
+        assert printed.returncode == 0, printed.stderr
+        cold = project.run(*args)
+        assert_passed(cold)
+        assert project.migrations() == {"default": 1, "analytics": 1}
+        written = _snapshots(snaps)
+        assert len(written) == 2
+        assert sorted(line.split()[0] for line in printed.stdout.splitlines()) == sorted(
+            p.name.split(".")[0] for p in written
+        )
+        project.drop_all()  # a fresh server (SQLite: no template files)
+        shutil.rmtree(pytester.path / ".pytest_cache" / "d" / "concurrent_db", ignore_errors=True)
+        fresh = project.run(*args)
+        assert_passed(fresh)
+        assert project.migrations() == {"default": 1, "analytics": 1}  # no migration ran
+        assert summary(fresh).count("snapshot: template restored from") == 2, summary(fresh)
+    finally:
+        project.drop_all()
