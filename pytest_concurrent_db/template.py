@@ -218,7 +218,7 @@ def ensure_template(
     if not snap.restored:  # outside the lock: the other processes clone meanwhile
         written = write_snapshot(backend, site, name, print_, run_id=run_id)
         snap.written, snap.seconds = written.written, written.seconds
-        snap.warnings += written.warnings
+        snap.warnings += [w for w in written.warnings if w not in snap.warnings]
     return template
 
 

@@ -257,3 +257,25 @@ def test_django_project_restored_without_migrations(
         assert summary(fresh).count("snapshot: template restored from") == 2, summary(fresh)
     finally:
         project.drop_all()
+
+
+def test_build_template_api_writes_and_restores_a_snapshot(tmp_path: Path) -> None:
+    """The public API takes ``snapshot_dir`` too (SQLite: no server needed)."""
+    from pytest_concurrent_db import build_template
+
+    schema = tmp_path / "schema.sql"
+    schema.write_text("CREATE TABLE t (id INTEGER PRIMARY KEY); INSERT INTO t VALUES (1);")
+    url = f"sqlite:///{tmp_path / 'app.db'}"
+    snaps = tmp_path / "snaps"
+    first = build_template(url, str(schema), directory=tmp_path / "d", snapshot_dir=snaps)
+    assert first.built
+    assert first.snapshot is not None
+    assert first.snapshot.written
+    for path in (tmp_path / "d").glob(f"{first.name}*"):
+        path.unlink()  # the template is gone
+    second = build_template(url, str(schema), directory=tmp_path / "d", snapshot_dir=snaps)
+    assert second.snapshot is not None
+    assert second.snapshot.restored == first.snapshot.written
+    assert second.fingerprint == first.fingerprint
+    with pytest.raises(Exception, match="snapshot_keep"):
+        build_template(url, str(schema), directory=tmp_path / "d", snapshot_dir=snaps, snapshot_keep=-1)
