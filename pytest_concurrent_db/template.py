@@ -208,7 +208,9 @@ def ensure_template(
         if found is not None:
             return made(found, lock_wait_seconds=waited)
         begun = time.perf_counter()
-        snap = restore_snapshot(backend, site, name, print_, run_id=run_id, worker_id=worker_id)
+        snap = SnapshotOutcome()
+        if not rebuild:  # a rebuild runs the populators, never a restore
+            snap = restore_snapshot(backend, site, name, print_, run_id=run_id, worker_id=worker_id)
         build = snap.build_id or _build(backend, site, name, print_, populators, run_id=run_id, worker_id=worker_id)
         template = made(
             build, built=True, build_seconds=time.perf_counter() - begun, lock_wait_seconds=waited, snapshot=snap
