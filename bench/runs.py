@@ -220,6 +220,7 @@ def run_once(backend: str, variant: Variant, project: Path, timeout: float, expe
         "summary": summary,
         "tests_passed": passed,
         "template": template,
+        "incremental": "built incrementally" in output,
     }
     if not ok:
         why = f"timed out after {timeout:g}s" if timed_out else f"exit code {proc.returncode}"

@@ -27,6 +27,7 @@ from typing import Any
 
 from .backends import Backend
 from .errors import ConfigError, ScriptError
+from .incremental import step_digest
 from .options import names
 from .template import Populator
 from .url import DatabaseURL, parse_url
@@ -131,6 +132,19 @@ class AlembicProject:
             digest.update(str(self.shown(path)).encode())
             digest.update(path.read_bytes())
         return f"alembic:{digest.hexdigest()}"
+
+    def resume_key(self) -> str:
+        """Hash of what the template depends on apart from the revisions: the ini's options
+        and env.py (a change of either means a full build)."""
+        digest = hashlib.sha256()
+        digest.update(repr(sorted(self.options.items())).encode())
+        digest.update(self.env_py.read_bytes())
+        return f"alembic-resume:{digest.hexdigest()}"
+
+    def steps(self) -> tuple[str, ...]:
+        """One digest per revision file (its path and content): ``upgrade head`` on a copy of
+        a template that holds some of them applies the others."""
+        return tuple(step_digest(str(self.shown(path)), path.read_bytes()) for path in self.revisions)
 
     def shown(self, path: Path) -> Path:
         """``path`` relative to the ini file's directory when it is inside it."""
@@ -256,7 +270,13 @@ def alembic_populator(ini: Path, env_spec: str, own: DatabaseURL | None) -> Popu
                     raise project.failure(exc) from None
             _verify(project, connection, template)
 
-    return Populator(label=f"alembic upgrade head ({ini})", key=project.key(), apply=apply)
+    return Populator(
+        label=f"alembic upgrade head ({ini})",
+        key=project.key(),
+        apply=apply,
+        resume_key=project.resume_key(),
+        steps=project.steps(),
+    )
 
 
 def _refuse_own_database(project: AlembicProject, redirected: list[tuple[str, str]], own: DatabaseURL | None) -> None:

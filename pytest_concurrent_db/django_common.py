@@ -27,6 +27,7 @@ from pathlib import Path
 from typing import Any
 
 from .errors import ConcurrentDBError
+from .incremental import step_digest
 from .isolation import IsolationChecker
 from .template import Populator, tune_build_session
 from .url import DatabaseURL
@@ -110,14 +111,16 @@ def server_error(exc: ConcurrentDBError, alias: str) -> str:
 
 
 # -- the template ----------------------------------------------------------------------------
-def django_populator(alias: str, key: str, point: Callable[[str, str], None], applied: list[int]) -> Populator:
+def django_populator(alias: str, key: CodeKey, point: Callable[[str, str], None], applied: list[int]) -> Populator:
     """``migrate`` (and ``createcachetable``) with ``alias`` pointed at the template by
     ``point(alias, name)``; the number of migrations applied is appended to ``applied``.
-    ``key`` is :func:`code_key`'s digest for the alias's migration setting."""
+    ``key`` is :func:`code_key`'s for the alias's migration setting.  With migrations, the
+    populator can resume (:mod:`.incremental`): on a copy of a template that holds some of
+    the migrations, ``migrate`` applies the others."""
     from django.db import connections
 
     shaping = {k: connections[alias].settings_dict.get(k) for k in SHAPING}
-    digest = _digest({"alias": alias, "settings": shaping, "code": key})
+    digest = _digest({"alias": alias, "settings": shaping, "code": key.digest})
 
     def apply(backend: Any, connection: Any, template: str) -> None:
         name = backend.location(template)
@@ -129,7 +132,49 @@ def django_populator(alias: str, key: str, point: Callable[[str, str], None], ap
         finally:
             connections[alias].close()  # the template is sealed next: no session may stay
 
-    return Populator(label=f"Django migrate (database {alias!r})", key=f"django:{digest}", apply=apply)
+    label = f"Django migrate (database {alias!r})"
+    if not key.steps:
+        return Populator(label=label, key=f"django:{digest}", apply=apply)
+    return Populator(
+        label=label,
+        key=f"django:{digest}",
+        apply=apply,
+        resume_key=_digest({"alias": alias, "settings": shaping, "head": key.head}),
+        steps=tuple(d for _, d in key.steps),
+        can_resume=lambda old: only_added(key, old),
+    )
+
+
+def only_added(key: CodeKey, old: frozenset[str]) -> bool:
+    """Whether the migrations of ``key`` that a template holding the steps ``old`` lacks only
+    add to the graph: each is a migration Django loads, replaces none, and no migration of
+    the template depends on it (else the template's order would not be a full build's)."""
+    from django.db.migrations.loader import MigrationLoader
+
+    added = [label for label, d in key.steps if d not in old]
+    had = {node for label, d in key.steps if d in old and (node := _node(label)) is not None}
+    try:
+        loader = MigrationLoader(None, ignore_no_migrations=True)
+    except Exception:  # any doubt: a full build
+        return False
+    for label in added:
+        node = _node(label)
+        if node is None:
+            continue  # a file beside the migrations (a helper module): the old ones never imported it
+        migration = loader.disk_migrations.get(node)
+        if migration is None or getattr(migration, "replaces", None) or node not in loader.graph.nodes:
+            return False
+        if had & set(loader.graph.backwards_plan(node)):
+            return False
+    return True
+
+
+def _node(label: str) -> tuple[str, str] | None:
+    """The migration (app label, name) of a step label ``app:migrations:0002_x.py``."""
+    app, kind, path = label.split(":", 2)
+    if kind != "migrations" or "/" in path or not path.endswith(".py") or path == "__init__.py":
+        return None
+    return app, path[: -len(".py")]
 
 
 def migrate(alias: str, name: str) -> int:
@@ -167,38 +212,54 @@ def migrate(alias: str, name: str) -> int:
     return plans[0] if plans else 0
 
 
-def code_key(migrations: bool) -> str:
-    """Digest of the migration files of every app (models of unmigrated apps), INSTALLED_APPS,
-    DATABASE_ROUTERS, Django's version and whether migrations are used."""
+@dataclass(frozen=True)
+class CodeKey:
+    """What of the project's code shapes its test databases: ``head`` (Django's version,
+    INSTALLED_APPS, DATABASE_ROUTERS, whether migrations are used, the models of unmigrated
+    apps) and ``steps``, (label, digest) of each file of the apps' migration packages."""
+
+    head: str
+    steps: tuple[tuple[str, str], ...] = ()
+
+    @property
+    def digest(self) -> str:
+        return _digest({"head": self.head, "steps": list(self.steps)})
+
+
+def code_key(migrations: bool) -> CodeKey:
+    """The :class:`CodeKey` of the project (with or without migrations)."""
     import django
     from django.apps import apps
     from django.conf import settings
     from django.db.migrations.loader import MigrationLoader
 
-    digest = hashlib.sha256()
-    head = [django.get_version(), list(settings.INSTALLED_APPS), _plain(settings.DATABASE_ROUTERS), migrations]
-    digest.update(json.dumps(head, default=repr).encode())
+    head = hashlib.sha256()
+    info = [django.get_version(), list(settings.INSTALLED_APPS), _plain(settings.DATABASE_ROUTERS), migrations]
+    head.update(json.dumps(info, default=repr).encode())
+    steps = []
     for app in apps.get_app_configs():
         module = MigrationLoader.migrations_module(app.label)[0] if migrations else None
         files = _module_files(module) if module else None
-        kind = "migrations"
-        if files is None:  # unmigrated: ``run_syncdb`` creates the tables from the models
-            kind = "models"
-            files = _module_files(app.models_module.__name__) if app.models_module is not None else []
-        for label, path in files or []:
-            digest.update(f"\0{app.label}:{kind}:{label}\0".encode())
-            digest.update(path.read_bytes())
-    return digest.hexdigest()
+        if files is not None:
+            for rel, path in files:
+                steps.append((f"{app.label}:migrations:{rel}", step_digest(f"{app.label}:{rel}", path.read_bytes())))
+            continue
+        # unmigrated: ``run_syncdb`` creates the tables from the models (any change: a full build)
+        files = _module_files(app.models_module.__name__) if app.models_module is not None else []
+        for rel, path in files or []:
+            head.update(f"\0{app.label}:models:{rel}\0".encode())
+            head.update(path.read_bytes())
+    return CodeKey(head.hexdigest(), tuple(steps))
 
 
 @dataclass
 class CodeKeys:
     """:func:`code_key` per migration setting, computed once, and the seconds it took."""
 
-    keys: dict[bool, str] = field(default_factory=dict)
+    keys: dict[bool, CodeKey] = field(default_factory=dict)
     seconds: float = 0.0
 
-    def get(self, migrations: bool) -> tuple[str, float]:
+    def get(self, migrations: bool) -> tuple[CodeKey, float]:
         """The key, and the seconds spent on it now (0 when it was known already)."""
         if migrations in self.keys:
             return self.keys[migrations], 0.0

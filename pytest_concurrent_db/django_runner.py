@@ -247,7 +247,12 @@ class _Session:
 
     def _log_setup(self, database: _TestDatabase) -> None:
         stats = database.builder.stats
-        if stats.template_built:
+        if stats.template_built and stats.built_from:
+            how = (
+                f"built incrementally from {stats.built_from} (+{stats.migrations} migration"
+                f"{'' if stats.migrations == 1 else 's'}) in {stats.template_seconds:.2f}s"
+            )
+        elif stats.template_built:
             how = f"built in {stats.template_seconds:.2f}s ({stats.migrations} migrations)"
         else:
             how = "reused (no migrations)"

@@ -30,6 +30,7 @@ __all__ = [
     "ServerStart",
     "entries",
     "presumed_alive",
+    "project_prefix",
     "prune_plan",
     "ready_builds",
     "reapable",
@@ -90,6 +91,15 @@ class Entry:
 
 
 # -- decisions: pure functions ------------------------------------------------------------
+def project_prefix(info: DatabaseInfo) -> str:
+    """``cdb_<base>_`` of the project a database of ours belongs to: from its template's name
+    (``cdb_<base>_tpl_<fingerprint>``; a template's marker names the template itself)."""
+    template = (info.marker.template if info.marker is not None else "") or info.name
+    base, found, _ = template.rpartition("_tpl_")
+    return base + "_" if found else ""
+
+
+
 def presumed_alive(marker: Marker, start: ServerStart | None) -> bool:
     """Whether the owner of a database marked ``marker`` may be alive although its liveness
     lock is free: the server restarted after the database was made (every session lock
@@ -250,11 +260,25 @@ class Janitor:
         return ServerStart(self.backend.server_started())
 
     def inventory(
-        self, prefix: str = PREFIX, *, own: str | None = None, current_template: str | None = None
+        self,
+        prefix: str | Sequence[str] = PREFIX,
+        *,
+        own: str | None = None,
+        current_template: str | None = None,
+        exact: bool = False,
     ) -> list[Entry]:
-        """Every database of ours on the server whose name starts with ``prefix``, with
-        whether its owner is alive (``own``: this process's clone, alive by definition)."""
-        infos = [i for i in self.backend.list_databases(prefix) if i.marker is not None]
+        """Every database of ours on the server whose name starts with ``prefix`` (or one of
+        several prefixes), with whether its owner is alive (``own``: this process's clone,
+        alive by definition).  ``exact``: the prefixes are projects' (``cdb_<base>_``), and a
+        database counts only if its template is named for one of them exactly, so that
+        ``cdb_app_`` does not take in project ``app_v2``'s ``cdb_app_v2_…``."""
+        prefixes = (prefix,) if isinstance(prefix, str) else tuple(prefix)
+        found: dict[str, DatabaseInfo] = {}
+        for each in prefixes:
+            for info in self.backend.list_databases(each):
+                if info.marker is not None and (not exact or project_prefix(info) in prefixes):
+                    found.setdefault(info.name, info)
+        infos = list(found.values())
         start = self.server_start()
         live_clones = set()
         live_builds = set()
@@ -274,14 +298,16 @@ class Janitor:
         keep_templates: int | None = None,
         dry_run: bool = False,
         everything: bool = False,
-        prefix: str = PREFIX,
+        prefix: str | Sequence[str] = PREFIX,
         own: str | None = None,
         current_template: str | None = None,
+        exact: bool = False,
     ) -> list[Entry]:
         """Drop what :func:`prune_plan` names (default ``keep_templates``: the site's);
-        returns what was (or, with ``dry_run``, would be) dropped."""
+        returns what was (or, with ``dry_run``, would be) dropped.  ``prefix`` and ``exact``:
+        as for :meth:`inventory`."""
         keep = self.site.keep_templates if keep_templates is None else keep_templates
-        inventory = self.inventory(prefix, own=own, current_template=current_template)
+        inventory = self.inventory(prefix, own=own, current_template=current_template, exact=exact)
         doomed = prune_plan(
             inventory,
             keep=keep,

@@ -35,6 +35,10 @@ class WorkerReport:
     reuse_seconds: float = 0.0
     #: migrations Django's ``migrate`` applied while this process built the template
     migrations: int = 0
+    #: the template this process's build started from (an incremental build; "" otherwise)
+    built_from: str = ""
+    #: the steps (migration files, revisions) that incremental build added
+    steps_added: int = 0
     #: this process's clone (empty: setup failed before it was made)
     clone: str = ""
     clone_seconds: float = 0.0

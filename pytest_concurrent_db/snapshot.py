@@ -354,7 +354,7 @@ def _verified_payload(path: Path, **expected: str) -> Iterator[tuple[dict[str, A
 
 
 def restore_snapshot(
-    backend: Backend, site: Site, name: str, fingerprint: str, *, run_id: str, worker_id: str
+    backend: Backend, site: Site, name: str, fingerprint: str, *, run_id: str, worker_id: str, manifest: str = ""
 ) -> SnapshotOutcome:
     """Restore template ``name`` from its snapshot, if there is one; the caller holds the
     template lock and found no ready template.  The restored template is marked ready only
@@ -379,6 +379,7 @@ def restore_snapshot(
             outcome.build_id = _restore(
                 backend, site, codec, name,
                 fingerprint=fingerprint, payload=payload, census=census, run_id=run_id, worker_id=worker_id,
+                manifest=manifest,
             )  # fmt: skip
     except SnapshotError as exc:
         outcome.warnings.append(f"snapshot {path} ignored: {exc}; the template is built the normal way")
@@ -406,10 +407,13 @@ def _restore(
     census: Census,
     run_id: str,
     worker_id: str,
+    manifest: str = "",
 ) -> str:
     if backend.exists(name):  # stale or unfinished: ours to replace (we hold its lock)
         backend.drop(name)
-    marker = new_marker("template", run_id, worker_id, name, fingerprint=fingerprint, state="building")
+    marker = new_marker(
+        "template", run_id, worker_id, name, fingerprint=fingerprint, state="building", manifest=manifest
+    )  # the manifest as a build writes it: later builds may start from this template (.incremental)
     create_marked(site, backend, name, marker, lambda: backend.create(name, marker))
     try:
         codec.load(payload, name)

@@ -88,6 +88,12 @@ def _template_line(template: str, group: Sequence[WorkerReport]) -> str:
     builder = next((r for r in group if r.template_built), None)
     if builder is not None and builder.snapshot_restored:
         how = f"restored from a snapshot by {builder.worker_id} in {builder.template_seconds:.2f}s"
+    elif builder is not None and builder.built_from:
+        added = builder.migrations or builder.steps_added
+        how = (
+            f"built incrementally from {builder.built_from} (+{added} migration{'' if added == 1 else 's'}) "
+            f"in {builder.template_seconds:.2f}s by {builder.worker_id}"
+        )
     elif builder is not None:
         how = f"built by {builder.worker_id} in {builder.template_seconds:.2f}s"
     elif any(r.clone for r in group):

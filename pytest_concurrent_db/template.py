@@ -27,8 +27,9 @@ from . import __version__
 from .backends import Backend, Marker
 from .backends.base import restarted_since, server_start
 from .errors import ConfigError, LockTimeoutError
+from .incremental import Base, encode_manifest, find_base
 from .markers import build_id, create_marked, new_marker, ready
-from .naming import template_name
+from .naming import PREFIX, template_name
 from .site import Site
 from .snapshot import SnapshotOutcome, restore_snapshot, write_snapshot
 
@@ -53,6 +54,15 @@ class Populator:
     label: str
     key: str
     apply: Callable[[Backend, Any, str], None]
+    #: Set on populators that can resume (Django ``migrate``, Alembic ``upgrade head``): run on
+    #: a copy of a template that holds some of their steps, they apply only the others.  The
+    #: digest of everything they are apart from their steps (``key`` covers both).
+    resume_key: str = ""
+    #: the digests of their steps, one per migration file (:func:`.incremental.step_digest`)
+    steps: tuple[str, ...] = ()
+    #: whether a template holding the steps of these digests may be resumed (e.g. no old
+    #: migration depends on a new one); None: always
+    can_resume: Callable[[frozenset[str]], bool] | None = field(default=None, compare=False, repr=False)
 
 
 #: What the public API's ``populate`` accepts: an SQL file, a callable taking a DB-API
@@ -119,14 +129,20 @@ def populators_for(populate: PopulateSpec, base: Path | None = None) -> list[Pop
 def fingerprint(backend: Backend, populators: Sequence[Populator], extra: Sequence[str] = ()) -> str:
     """Hash of everything that shapes a template: plugin and server version, backend, the
     populators' keys (file contents, function sources) and ``extra`` keys."""
-    data = {
+    return _fingerprints(backend, populators, extra)[0]
+
+
+def _fingerprints(backend: Backend, populators: Sequence[Populator], extra: Sequence[str]) -> tuple[str, str]:
+    """(the fingerprint, the digest of its inputs other than the populators)."""
+    data: dict[str, Any] = {
         "plugin": __version__,
         "backend": backend.name,
         "server": backend.server_version(),
-        "populators": [p.key for p in populators],
         "extra": list(extra),
     }
-    return hashlib.sha256(json.dumps(data, sort_keys=True).encode()).hexdigest()
+    outside = hashlib.sha256(json.dumps(data, sort_keys=True).encode()).hexdigest()
+    data["populators"] = [p.key for p in populators]
+    return hashlib.sha256(json.dumps(data, sort_keys=True).encode()).hexdigest(), outside
 
 
 @dataclass(frozen=True)
@@ -145,6 +161,10 @@ class Template:
     built: bool = False
     build_seconds: float = 0.0
     lock_wait_seconds: float = 0.0
+    #: the template this one was built from incrementally ("" for a full build or a reuse)
+    built_from: str = ""
+    #: how many steps (migrations) that incremental build added
+    steps_added: int = 0
     #: seconds spent computing the fingerprint (hashing the inputs, asking the server's version)
     fingerprint_seconds: float = 0.0
     #: what built it: a clone that finds it pruned by another run rebuilds it from these
@@ -186,7 +206,7 @@ def ensure_template(
     template's name before any build (so that a failed one can still be reported).
     """
     started = time.perf_counter()
-    print_ = fingerprint(backend, populators, extra)
+    print_, outside = _fingerprints(backend, populators, extra)
     hashing = time.perf_counter() - started
     name = template_name(site.base, print_)
     if on_name is not None:
@@ -208,12 +228,27 @@ def ensure_template(
         if found is not None:
             return made(found, lock_wait_seconds=waited)
         begun = time.perf_counter()
-        snap = SnapshotOutcome()
+        manifest = encode_manifest(outside, populators)
+        snap, base = SnapshotOutcome(), None
         if not rebuild:  # a rebuild runs the populators, never a restore
-            snap = restore_snapshot(backend, site, name, print_, run_id=run_id, worker_id=worker_id)
-        build = snap.build_id or _build(backend, site, name, print_, populators, run_id=run_id, worker_id=worker_id)
+            snap = restore_snapshot(
+                backend, site, name, print_, run_id=run_id, worker_id=worker_id, manifest=manifest
+            )  # fmt: skip
+        build = snap.build_id
+        if not build:
+            base = None if rebuild else _base(backend, site, manifest, populators)
+            build, base = _build(
+                backend, site, name, print_, populators,
+                run_id=run_id, worker_id=worker_id, manifest=manifest, base=base,
+            )  # fmt: skip
         template = made(
-            build, built=True, build_seconds=time.perf_counter() - begun, lock_wait_seconds=waited, snapshot=snap
+            build,
+            built=True,
+            build_seconds=time.perf_counter() - begun,
+            lock_wait_seconds=waited,
+            built_from=base.name if base else "",
+            steps_added=base.added if base else 0,
+            snapshot=snap,
         )
         if on_built is not None:
             on_built(template)
@@ -233,6 +268,14 @@ def _usable(marker: Marker | None, print_: str, rebuild: bool, run_id: str) -> s
     return build_id(marker)
 
 
+def _base(backend: Backend, site: Site, manifest: str, populators: Sequence[Populator]) -> Base | None:
+    """The ready template of this project that a template with ``manifest`` can start from."""
+    if not any(p.resume_key for p in populators):
+        return None
+    infos = backend.list_databases(PREFIX, sizes=False)
+    return find_base(infos, lambda print_: template_name(site.base, print_), manifest, populators)
+
+
 def _build(
     backend: Backend,
     site: Site,
@@ -242,25 +285,36 @@ def _build(
     *,
     run_id: str,
     worker_id: str,
-) -> str:
-    """Build template ``name``; returns its build id.
+    manifest: str = "",
+    base: Base | None = None,
+) -> tuple[str, Base | None]:
+    """Build template ``name``; returns its build id, and ``base`` if it was built from it.
 
-    A server restart during the build ends its sessions: once the server is up again (the
-    control connection waits for it) and while this process holds the template lock (taken
-    back with the control connection), the build starts over, until the lock timeout.  A
-    build cut short is never marked ready, and is dropped."""
+    With ``base`` (see :mod:`.incremental`), the template starts as a copy of ``base`` and
+    only the resumable populators run (they apply only their new steps); if that fails, it
+    is dropped and built in full.  A server restart during the build ends its sessions:
+    once the server is up again (the control connection waits for it) and while this
+    process holds the template lock (taken back with the control connection), the build
+    starts over, until the lock timeout.  A build cut short is never marked ready, and is
+    dropped."""
 
-    def once() -> str:
+    def once(base: Base | None) -> str:
         if backend.exists(name):  # stale, unfinished or forced rebuild
             backend.drop(name)
-        marker = new_marker("template", run_id, worker_id, name, fingerprint=print_, state="building")
-        create_marked(site, backend, name, marker, lambda: backend.create(name, marker))
+        marker = new_marker(
+            "template", run_id, worker_id, name, fingerprint=print_, state="building", manifest=manifest
+        )
+        if base is None:
+            create_marked(site, backend, name, marker, lambda: backend.create(name, marker))
+        else:
+            create_marked(site, backend, name, marker, lambda: backend.clone(base.name, name, marker))
         try:
             connection = backend.connect(name)
             try:
                 tune_build_session(backend, connection)
                 for populator in populators:
-                    populator.apply(backend, connection, name)
+                    if base is None or populator.resume_key:
+                        populator.apply(backend, connection, name)
                 connection.commit()
             finally:
                 connection.close()
@@ -272,11 +326,16 @@ def _build(
             raise
         return build_id(done)
 
+    if base is not None:
+        try:
+            return once(base), base
+        except Exception:  # any doubt: a full build (which reports its own errors)
+            pass
     deadline = time.monotonic() + site.lock_timeout
     while True:
         started = server_start(backend)
         try:
-            return once()
+            return once(None), None
         except Exception:
             if time.monotonic() >= deadline or restarted_since(backend, started) is None:
                 raise

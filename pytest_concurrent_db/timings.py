@@ -76,6 +76,8 @@ class TemplateTimings:
     built_by: str
     migrations: int
     phases: tuple[Phase, ...]
+    #: the template an incremental build started from ("" for a full build or a reuse)
+    built_from: str = ""
 
     def to_json(self) -> dict[str, Any]:
         return {
@@ -84,6 +86,7 @@ class TemplateTimings:
             "built": self.built,
             "built_by": self.built_by,
             "migrations": self.migrations,
+            "built_from": self.built_from,
             "phases": [p.to_json() for p in self.phases],
         }
 
@@ -153,6 +156,7 @@ def _template_timings(name: str, group: list[WorkerReport]) -> TemplateTimings:
         built=bool(builders),
         built_by=builders[0].worker_id if builders else "",
         migrations=migrations,
+        built_from=builders[0].built_from if builders else "",
         phases=tuple(p for p in phases if p is not None),
     )
 

@@ -67,6 +67,8 @@ class WorkerDatabases:
         if self.template.built:
             self.stats.template_built = True
             self.stats.template_seconds = self.template.build_seconds
+            self.stats.built_from = self.template.built_from
+            self.stats.steps_added = self.template.steps_added
             record_snapshot(self.stats, self.template.snapshot)
         else:
             spent = time.perf_counter() - started - self.template.fingerprint_seconds - self.template.lock_wait_seconds

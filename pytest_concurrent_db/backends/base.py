@@ -78,9 +78,15 @@ class Marker:
     created: float = field(default_factory=time.time)
     host: str = ""
     pid: int = 0
+    #: a ready template's inputs step by step (see :mod:`pytest_concurrent_db.incremental`):
+    #: what lets a later template of the same project start from this one
+    manifest: str = ""
 
     def encode(self) -> str:
-        return MARKER_TAG + json.dumps(asdict(self), sort_keys=True, separators=(",", ":"))
+        fields = asdict(self)
+        if not self.manifest:  # only templates have one: the others' markers stay as they were
+            del fields["manifest"]
+        return MARKER_TAG + json.dumps(fields, sort_keys=True, separators=(",", ":"))
 
     @classmethod
     def decode(cls, text: str | None) -> Marker | None:
@@ -91,7 +97,7 @@ class Marker:
             marker = cls(**json.loads(text[len(MARKER_TAG) :]))
         except (ValueError, TypeError):
             return None
-        texts = (marker.run_id, marker.worker_id, marker.template, marker.fingerprint, marker.host)
+        texts = (marker.run_id, marker.worker_id, marker.template, marker.fingerprint, marker.host, marker.manifest)
         if (
             marker.kind not in ("template", "clone", "spare")
             or marker.state not in ("building", "ready", "kept")
