@@ -1,4 +1,4 @@
-"""python -m pytest_concurrent_db list|prune: our databases on a server.
+"""python -m pytest_concurrent_db list|prune|fingerprint: our databases on a server.
 
 ``list`` shows the templates, clones and spares we made for the URL's database name
 (with ``--all``: for every project on the server): name, kind, run, live or dead, age,
@@ -9,6 +9,9 @@ whose run is gone, kept clones, abandoned template builds, out-of-date templates
 ``--keep-templates`` that no live run uses (with ``--templates``: every template no live
 run uses) — as a dry run unless ``--yes`` is given.  The same safety rules as the
 plugin: only databases with our prefix and our marker, never one whose owner is alive.
+``fingerprint [pytest options]`` prints the template fingerprint(s) of the project in the
+current directory, one line each (fingerprint, backend, template name, what it serves),
+resolved as a run would (:mod:`.fingerprints`), e.g. as a CI cache key for snapshots.
 """
 
 from __future__ import annotations
@@ -40,13 +43,19 @@ def _site(args: argparse.Namespace) -> Site:
 
 
 #: The first line of ``--help``: plain text (argparse prints it as it is).
-DESCRIPTION = "List or prune the databases pytest-concurrent-db made on a server (or in an SQLite template directory)."
+DESCRIPTION = (
+    "List or prune the databases pytest-concurrent-db made on a server (or in an SQLite template directory); "
+    "print the project's template fingerprints."
+)
 EPILOG = """\
 commands:
   list    our templates, clones and spares for the URL's database name, live or dead
   prune   drop the dead ones (a dry run unless --yes is given): clones of runs that are gone,
           kept clones, abandoned template builds, dead spares, and out-of-date templates beyond
           --keep-templates that no live run uses (--templates: every template no live run uses)
+  fingerprint [pytest options]
+          the template fingerprint(s) of the project in the current directory, resolved as a
+          run would (ini, conftest, Django); reads only the server's version: a CI cache key
 
 The URL's database name also stands for Django's test database name: --url .../app finds
 the databases of runs on 'app' and those of Django runs on 'test_app'.
@@ -102,7 +111,7 @@ def build_parser() -> argparse.ArgumentParser:
         epilog=EPILOG,
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
-    parser.add_argument("command", choices=["list", "prune"], help="list or prune")
+    parser.add_argument("command", choices=["list", "prune", "fingerprint"], help="list, prune or fingerprint")
     parser.add_argument("--url", help="database server URL (default: env CONCURRENT_DB_URL, else SQLite)")
     parser.add_argument("--dir", help="SQLite template directory (default: ./.pytest_cache/d/concurrent_db)")
     parser.add_argument(
@@ -126,7 +135,26 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+def _fingerprint(args: Sequence[str]) -> int:
+    from .fingerprints import project_fingerprints
+
+    if any(arg in ("-h", "--help") for arg in args):
+        print("usage: python -m pytest_concurrent_db fingerprint [pytest options, e.g. --concurrent-db-url URL]")
+        return 0
+    try:
+        found = project_fingerprints(args)
+    except ConcurrentDBError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
+    for entry in found:
+        print(entry.line())
+    return 0 if found else 1
+
+
 def main(argv: Sequence[str] | None = None) -> int:
+    argv = list(sys.argv[1:] if argv is None else argv)
+    if argv and argv[0] == "fingerprint":  # its options are pytest's: not parsed here
+        return _fingerprint(argv[1:])
     parser = build_parser()
     args = parser.parse_args(argv)
     if args.keep_templates is not None and args.keep_templates < 0:

@@ -96,6 +96,8 @@ def build_template(
     clone_strategy: str = "auto",
     keep_templates: int = 2,
     directory: str | os.PathLike[str] | None = None,
+    snapshot_dir: str | os.PathLike[str] | None = None,
+    snapshot_keep: int = 3,
 ) -> Template:
     """The ready template for ``url`` filled by ``populate``, built if needed.
 
@@ -110,8 +112,13 @@ def build_template(
     ``./.pytest_cache/d/concurrent_db``, shared with pytest runs of the project).
     ``lock_timeout`` (seconds) bounds the wait for another process's build;
     ``clone_strategy`` is PostgreSQL's (``auto``, ``wal_log``, ``file_copy``).
+    ``snapshot_dir``: a template built is written there as ``<fingerprint>.<backend>.snap``
+    and restored from there when the server has none (the newest ``snapshot_keep`` are
+    kept); ``Template.snapshot`` says what happened, warnings included.
     """
     site = _site(get_database_url(url), lock_timeout, clone_strategy, keep_templates, directory)
+    if snapshot_dir is not None:
+        site = _with_snapshots(site, snapshot_dir, snapshot_keep)
     populators = populators_for(populate)
     extra = [str(k) for k in ([key] if isinstance(key, str) else key)]
     run_id = new_run_id()
@@ -126,6 +133,17 @@ def build_template(
         return ensure_template(
             backend, site, populators, run_id=run_id, worker_id="api", extra=extra, rebuild=rebuild, on_built=prune
         )
+
+
+def _with_snapshots(site: Site, snapshot_dir: str | os.PathLike[str], snapshot_keep: int) -> Site:
+    from dataclasses import replace
+
+    from .snapshot import check_directory
+
+    if not isinstance(snapshot_keep, int) or snapshot_keep < 0:
+        raise ConfigError(f"snapshot_keep must be a whole number >= 0, not {snapshot_keep!r}")
+    directory = check_directory(option("snapshot_dir"), os.fspath(snapshot_dir), "snapshot_dir", Path.cwd())
+    return replace(site, snapshot_dir=directory, snapshot_keep=snapshot_keep)
 
 
 def _site(

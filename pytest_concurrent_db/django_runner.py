@@ -77,6 +77,9 @@ RUNNER_OPTIONS = (
     "isolation",
     "timings",
     "progress",
+    "snapshot_dir",
+    "snapshot_keep",
+    "pg_bin",
 )
 ALTERNATIVE = "run the tests without ConcurrentTestRunner (Django's own runner: remove TEST_RUNNER or --testrunner)"
 _MAX_THREADS = 8
@@ -196,6 +199,9 @@ class _Session:
             lock_timeout=self.settings.lock_timeout,
             keep_templates=self.settings.keep_templates,
             clone_strategy=self.settings.clone_strategy,
+            snapshot_dir=self.settings.snapshot_dir,
+            snapshot_keep=self.settings.snapshot_keep,
+            pg_bin=self.settings.pg_bin,
         )
 
     def _template_and_clones(self, database: _TestDatabase, keys: CodeKeys) -> None:
@@ -211,6 +217,7 @@ class _Session:
         if self.settings.progress != "off":  # this process builds: it prints the lines itself
             builder.progress = BuildProgress("main", listener=ProgressLines(self.runner.log))
         template = builder.ensure_template([populator], rebuild=self.settings.rebuild)
+        self.warns += [f"snapshot: {w}" for w in (template.snapshot.warnings if template.snapshot else [])]
         builder.stats.fingerprint_seconds += spent
         builder.stats.migrations = sum(applied)
         assert self._pool is not None

@@ -21,6 +21,7 @@ class Option:
 
     name: str
     kind: str  # "bool" | "str" | "int" | "float" | "path" | "paths" | "choice" | "spares" (int or "auto")
+    # | "dir" (a directory, made if missing) | "existing_dir"
     default: Any
     help: str
     choices: tuple[str, ...] = ()
@@ -131,6 +132,29 @@ OPTIONS: tuple[Option, ...] = (
         "Show template builds in the terminal while they run: auto (a live line on a terminal, a line every "
         "10 s otherwise, only start and end with -q), on (also in full with -q) or off",
         choices=PROGRESS_MODES,
+    ),
+    # -- snapshots (issue 15): templates kept as files, for CI jobs with a fresh server ----------
+    Option(
+        "snapshot_dir",
+        "dir",
+        None,
+        "Directory of template snapshots (<fingerprint>.<backend>.snap): a template built is written there, "
+        "and restored from there (no migrations) when the server has none, e.g. a CI cache directory",
+        metavar="DIR",
+    ),
+    Option(
+        "snapshot_keep",
+        "int",
+        3,
+        "How many snapshots to keep in the snapshot directory, newest first (default: 3)",
+        metavar="N",
+    ),
+    Option(
+        "pg_bin",
+        "existing_dir",
+        None,
+        "Directory of pg_dump and pg_restore for PostgreSQL snapshots (default: found on PATH)",
+        metavar="DIR",
     ),
     # -- SQLAlchemy and Alembic ---------------------------------------------------------
     Option(

@@ -74,6 +74,13 @@ class WorkerReport:
     reaped: list[str] = field(default_factory=list)
     #: out-of-date templates this process dropped after building a new one
     pruned: list[str] = field(default_factory=list)
+    #: the template snapshot this process restored the template from (empty: none)
+    snapshot_restored: str = ""
+    #: the template snapshot this process wrote after building the template (empty: none)
+    snapshot_written: str = ""
+    snapshot_seconds: float = 0.0
+    #: one-line snapshot warnings (a snapshot ignored, snapshots unavailable)
+    snapshot_warnings: list[str] = field(default_factory=list)
 
     def to_wire(self) -> dict[str, Any]:
         """Plain builtins, for xdist's ``workeroutput``."""

@@ -60,6 +60,12 @@ class Settings:
     pool_min: int = 1
     pool_max: int = 5
     sqlalchemy_bind: str = ""
+    #: ``--concurrent-db-snapshot-dir``: where template snapshots are written and restored from (None: off)
+    snapshot_dir: Path | None = None
+    #: ``--concurrent-db-snapshot-keep``: snapshots kept in :attr:`snapshot_dir`, newest first
+    snapshot_keep: int = 3
+    #: ``--concurrent-db-pg-bin``: the directory of pg_dump/pg_restore (None: PATH)
+    pg_bin: Path | None = None
     sources: Mapping[str, str] = field(default_factory=dict, compare=False)
 
     @property
@@ -82,6 +88,11 @@ class Settings:
                 parts.append(f"{name.replace('_', '-')}={getattr(self, name)} [{self.sources.get(name)}]")
         if self.seed:
             parts.append(f"seed={' '.join(p.name for p in self.seed)} [{self.sources.get('seed')}]")
+        if self.snapshot_dir is not None:
+            parts.append(
+                f"snapshot-dir={self.snapshot_dir} [{self.sources.get('snapshot_dir')}], "
+                f"snapshot-keep={self.snapshot_keep} [{self.sources.get('snapshot_keep', 'default')}]"
+            )
         for name in ("keep", "rebuild", "keep_failed", "fresh_transactional"):
             if getattr(self, name):
                 parts.append(f"{name.replace('_', '-')} [{self.sources.get(name)}]")
@@ -198,6 +209,10 @@ def _convert(option: Option, value: Any, source: str, base: Path) -> Any:
                 f"fix the path in {option.names()}"
             )
         return path
+    if option.kind in ("dir", "existing_dir"):
+        from .snapshot import check_directory  # the snapshot module owns what its directories must be
+
+        return check_directory(option, str(value), source, base)
     if option.kind == "paths":
         try:
             items = _split_paths(value)

@@ -36,6 +36,11 @@ class Site:
     lock_timeout: float = 300.0
     keep_templates: int = 2
     clone_strategy: str = "auto"
+    #: template snapshots (:mod:`.snapshot`): their directory (None: off), how many to keep,
+    #: and where pg_dump/pg_restore are (None: PATH)
+    snapshot_dir: Path | None = None
+    snapshot_keep: int = 3
+    pg_bin: Path | None = None
 
     def __post_init__(self) -> None:
         if not self.base:

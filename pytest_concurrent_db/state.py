@@ -82,6 +82,9 @@ class PluginState:
             lock_timeout=self.settings.lock_timeout,
             keep_templates=self.settings.keep_templates,
             clone_strategy=self.settings.clone_strategy,
+            snapshot_dir=self.settings.snapshot_dir,
+            snapshot_keep=self.settings.snapshot_keep,
+            pg_bin=self.settings.pg_bin,
         )
 
     def new_databases(self, url: DatabaseURL, *, base: str | None = None) -> WorkerDatabases:

@@ -15,6 +15,7 @@ from dataclasses import replace
 from typing import Protocol
 
 from .report import WorkerReport
+from .snapshot import summary_lines as snapshot_lines
 from .timings import timings_from_reports
 
 __all__ = ["Terminal", "write_summary"]
@@ -68,6 +69,8 @@ def write_summary(
                 tr.write_line(line)
         for line in [*_spare_error_lines(ordered), *_fresh_error_lines(ordered)]:
             tr.write_line(line, yellow=True)
+        for text, warning in snapshot_lines(ordered):
+            tr.write_line(text, yellow=warning)
     for report in sorted(_by_worker(reports).values(), key=_worker_order):
         text, markup = _verdict_line(report, keep=keep)
         tr.write_line(text, **markup)
@@ -99,7 +102,9 @@ def _backend_line(first: WorkerReport, default_backend: str) -> str:
 
 def _template_line(template: str, group: Sequence[WorkerReport]) -> str:
     builder = next((r for r in group if r.template_built), None)
-    if builder is not None and builder.built_from:
+    if builder is not None and builder.snapshot_restored:
+        how = f"restored from a snapshot by {builder.worker_id} in {builder.template_seconds:.2f}s"
+    elif builder is not None and builder.built_from:
         added = builder.migrations or builder.steps_added
         how = (
             f"built incrementally from {builder.built_from} (+{added} migration{'' if added == 1 else 's'}) "

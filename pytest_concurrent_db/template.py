@@ -32,6 +32,7 @@ from .markers import build_id, create_marked, new_marker, ready
 from .naming import PREFIX, template_name
 from .progress import BuildProgress
 from .site import Site
+from .snapshot import SnapshotOutcome, restore_snapshot, write_snapshot
 
 __all__ = [
     "PopulateSpec",
@@ -172,6 +173,8 @@ class Template:
     #: what built it: a clone that finds it pruned by another run rebuilds it from these
     populators: tuple[Populator, ...] = field(default=(), repr=False, compare=False)
     extra: tuple[str, ...] = field(default=(), repr=False, compare=False)
+    #: what the snapshot step did (:mod:`.snapshot`): restored, written, warnings
+    snapshot: SnapshotOutcome | None = field(default=None, repr=False, compare=False)
 
     @property
     def backend(self) -> str:
@@ -234,22 +237,31 @@ def ensure_template(
             return made(found, lock_wait_seconds=waited)
         begun = time.perf_counter()
         manifest = encode_manifest(outside, populators)
-        base = None if rebuild else _base(backend, site, manifest, populators)
+        snap, base = SnapshotOutcome(), None
+        if not rebuild:  # a rebuild runs the populators, never a restore
+            snap = restore_snapshot(
+                backend, site, name, print_, run_id=run_id, worker_id=worker_id, manifest=manifest
+            )  # fmt: skip
+        build = snap.build_id
         failures: list[str] = []
-        if progress is not None:
-            progress.building(name, populators)
-        try:
-            with progress.current() if progress is not None else contextlib.nullcontext():
-                build, base = _build(
-                    backend, site, name, print_, populators, run_id=run_id, worker_id=worker_id, manifest=manifest,
-                    base=base, progress=progress, failures=failures,
-                )  # fmt: skip
-        except BaseException:
+        if build and progress is not None:
+            progress.finished(built=False)  # restored: nothing was built
+        if not build:
+            base = None if rebuild else _base(backend, site, manifest, populators)
             if progress is not None:
-                progress.finished(built=False, failed=True)
-            raise
-        if progress is not None:
-            progress.finished(built=True)
+                progress.building(name, populators)
+            try:
+                with progress.current() if progress is not None else contextlib.nullcontext():
+                    build, base = _build(
+                        backend, site, name, print_, populators, run_id=run_id, worker_id=worker_id,
+                        manifest=manifest, base=base, progress=progress, failures=failures,
+                    )  # fmt: skip
+            except BaseException:
+                if progress is not None:
+                    progress.finished(built=False, failed=True)
+                raise
+            if progress is not None:
+                progress.finished(built=True)
         template = made(
             build,
             built=True,
@@ -258,9 +270,14 @@ def ensure_template(
             built_from=base.name if base else "",
             steps_added=base.added if base else 0,
             incremental_error="; ".join(failures),
+            snapshot=snap,
         )
         if on_built is not None:
             on_built(template)
+    if not snap.restored:  # outside the lock: the other processes clone meanwhile
+        written = write_snapshot(backend, site, name, print_, run_id=run_id)
+        snap.written, snap.seconds = written.written, written.seconds
+        snap.warnings += [w for w in written.warnings if w not in snap.warnings]
     return template
 
 

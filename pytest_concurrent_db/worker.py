@@ -20,6 +20,7 @@ from .janitor import Janitor
 from .progress import BuildProgress
 from .report import WorkerReport
 from .site import Site
+from .snapshot import record_snapshot
 from .spares import CopyHistory, FreshPool, SpareMaker, claim_spare, spares_pay_off, wanted_spares
 from .template import Populator, Template, ensure_template
 
@@ -75,6 +76,7 @@ class WorkerDatabases:
             self.stats.built_from = self.template.built_from
             self.stats.steps_added = self.template.steps_added
             self.stats.incremental_error = self.template.incremental_error
+            record_snapshot(self.stats, self.template.snapshot)
         else:
             spent = time.perf_counter() - started - self.template.fingerprint_seconds - self.template.lock_wait_seconds
             self.stats.reuse_seconds = max(spent, 0.0)

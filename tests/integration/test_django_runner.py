@@ -599,7 +599,7 @@ def test_options_from_settings_and_environment(sqlite_project: RunnerProject) ->
     assert bad.stderr.strip().splitlines() == [
         "CommandError: concurrent-db: settings.CONCURRENT_DB has 'url', which the Django test runner does not "
         "use; its keys are keep, rebuild, lock_timeout, keep_templates, clone_strategy, spares, isolation, "
-        "timings (the databases come from DATABASES)"
+        "timings, snapshot_dir, snapshot_keep, pg_bin (the databases come from DATABASES)"
     ]
 
 

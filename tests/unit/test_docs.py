@@ -250,7 +250,7 @@ def test_every_error_class_is_documented() -> None:
 
 
 # -- what is not built must not be documented ----------------------------------------------
-@pytest.mark.parametrize("absent", ["snapshot", "pytest_concurrent_db fingerprint", "fresh-per-test", "progress line"])
+@pytest.mark.parametrize("absent", ["fresh-per-test", "progress line"])
 def test_docs_do_not_promise_what_does_not_exist(absent: str) -> None:
     for path in DOCS.rglob("*.rst"):
         assert absent not in path.read_text(encoding="utf-8").lower(), f"{path.relative_to(ROOT)} mentions {absent!r}"

@@ -79,6 +79,16 @@ NAMES = [
     ),
     ("isolation", "choice", "--concurrent-db-isolation", "concurrent_db_isolation", "CONCURRENT_DB_ISOLATION"),
     ("progress", "choice", "--concurrent-db-progress", "concurrent_db_progress", "CONCURRENT_DB_PROGRESS"),
+    # snapshots (issue 15)
+    ("snapshot_dir", "dir", "--concurrent-db-snapshot-dir", "concurrent_db_snapshot_dir", "CONCURRENT_DB_SNAPSHOT_DIR"),
+    (
+        "snapshot_keep",
+        "int",
+        "--concurrent-db-snapshot-keep",
+        "concurrent_db_snapshot_keep",
+        "CONCURRENT_DB_SNAPSHOT_KEEP",
+    ),
+    ("pg_bin", "existing_dir", "--concurrent-db-pg-bin", "concurrent_db_pg_bin", "CONCURRENT_DB_PG_BIN"),
     # SQLAlchemy and Alembic
     ("alembic_ini", "path", "--concurrent-db-alembic-ini", "concurrent_db_alembic_ini", "CONCURRENT_DB_ALEMBIC_INI"),
     ("alembic_env", "str", "--concurrent-db-alembic-env", "concurrent_db_alembic_env", "CONCURRENT_DB_ALEMBIC_ENV"),
@@ -149,8 +159,12 @@ def test_resolve_reads_the_literal_names() -> None:
         "fresh_transactional": "default",
         "isolation": "ini concurrent_db_isolation",
         "progress": "default",
+        **dict.fromkeys(SNAPSHOT_OPTIONS, "default"),
         **dict.fromkeys(SQLALCHEMY_OPTIONS, "default"),
     }
+
+
+SNAPSHOT_OPTIONS = ("snapshot_dir", "snapshot_keep", "pg_bin")
 
 
 SQLALCHEMY_OPTIONS = ("alembic_ini", "alembic_env", "metadata", "seed", "pool_min", "pool_max", "sqlalchemy_bind")
@@ -556,3 +570,27 @@ def test_pool_and_keep_failed_from_the_ini() -> None:
     )
     assert (settings.pool, settings.keep_failed) == (0, True)
     assert "keep-failed [ini concurrent_db_keep_failed]" in settings.describe()
+
+
+def test_snapshot_options(tmp_path: Path) -> None:
+    afile = tmp_path / "afile"
+    afile.write_text("x")
+    settings = resolve(
+        {"concurrent_db_snapshot_dir": "snaps/new"}.get,
+        {"concurrent_db_snapshot_keep": "5"}.get,
+        environ={"CONCURRENT_DB_PG_BIN": str(tmp_path)},
+        cwd=tmp_path,
+    )
+    assert settings.snapshot_dir == tmp_path / "snaps" / "new"
+    assert settings.snapshot_dir.is_dir()  # made if missing
+    assert (settings.snapshot_keep, settings.pg_bin) == (5, tmp_path)
+    assert Settings().snapshot_dir is None
+    assert Settings().snapshot_keep == 3
+    for cli, environ, message in (
+        ({"concurrent_db_snapshot_dir": str(afile)}, {}, "exists and is not a directory"),
+        ({}, {"CONCURRENT_DB_SNAPSHOT_KEEP": "-1"}, "whole number >= 0"),
+        ({}, {"CONCURRENT_DB_PG_BIN": str(tmp_path / "missing")}, "is not a directory"),
+    ):
+        with pytest.raises(ConfigError, match=message) as info:
+            resolve(cli.get, {}.get, environ=environ, cwd=tmp_path)
+        assert "\n" not in str(info.value)
