@@ -362,9 +362,12 @@ class _Session:
                     database.workers[0].sweep_run()
         dropped = sum(len(w.stats.dropped) for d in self.databases for w in d.workers)
         if kept:
+            # one command per test database: the CLI's scope is one database name (test_app is not
+            # test_app_analytics)
+            commands = dict.fromkeys(_prune_command(d.builder.site) for d in self.databases if d.workers)
             self.runner.log(
                 f"concurrent-db: kept {len(kept)} clones (--keepdb): {', '.join(kept)}; "
-                f"{_prune_command(self.databases[0].builder.site)} drops them"
+                f"{' && '.join(commands)} drops them"
             )
         elif dropped:
             self.runner.log(f"concurrent-db: dropped {dropped} clones", logging.DEBUG)

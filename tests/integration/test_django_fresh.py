@@ -86,9 +86,8 @@ def test_transactional_tests_get_fresh_clones_instead_of_a_flush(django_project:
     assert project.leftovers(run_id(result)) == []
 
 
+@pytest.mark.parametrize("django_project", ["sqlite"], indirect=True)  # checked once
 def test_a_bad_fresh_value_is_one_line(django_project: DjangoProject) -> None:
-    if django_project.url is not None:
-        pytest.skip("checked once, on SQLite")
     django_project.add_test(
         "test_fresh_db",
         """

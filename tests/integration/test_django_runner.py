@@ -552,12 +552,15 @@ def test_keepdb_keeps_one_marked_clone_per_database_with_parallel_1(postgresql_p
     assert all(i.name.endswith("_gw0") for i in kept)
     assert len({r["pid"] for r in project.records()}) == 1  # the tests ran in the runner's process
     line = next(line for line in run.stdout.splitlines() if "kept 2 clones (--keepdb)" in line)
-    command = line.split("; ", 1)[1].removesuffix(" drops them").split()
-    target = project.url.with_database(f"test_{project.name}")  # type: ignore[union-attr]
-    assert command == ["python", "-m", "pytest_concurrent_db", "prune", "--url", str(target), "--yes"]
-    argv = [sys.executable, *command[1:5], target.render(hide_password=False), "--yes"]
-    pruned = subprocess.run(argv, capture_output=True, text=True, check=False)
-    assert pruned.returncode == 0, pruned.stdout + pruned.stderr
+    commands = [c.split() for c in line.split("; ", 1)[1].removesuffix(" drops them").split(" && ")]
+    targets = [project.url.with_database(f"test_{project.name}{s}") for s in ("", "_analytics")]  # type: ignore[union-attr]
+    assert commands == [
+        ["python", "-m", "pytest_concurrent_db", "prune", "--url", str(target), "--yes"] for target in targets
+    ]
+    for command, target in zip(commands, targets):
+        argv = [sys.executable, *command[1:5], target.render(hide_password=False), "--yes"]
+        pruned = subprocess.run(argv, capture_output=True, text=True, check=False)
+        assert pruned.returncode == 0, pruned.stdout + pruned.stderr
     assert project.clones() == []
 
 
@@ -599,7 +602,7 @@ def test_options_from_settings_and_environment(sqlite_project: RunnerProject) ->
     assert bad.stderr.strip().splitlines() == [
         "CommandError: concurrent-db: settings.CONCURRENT_DB has 'url', which the Django test runner does not "
         "use; its keys are keep, rebuild, lock_timeout, keep_templates, clone_strategy, spares, isolation, "
-        "timings, snapshot_dir, snapshot_keep, pg_bin (the databases come from DATABASES)"
+        "timings, progress, snapshot_dir, snapshot_keep, pg_bin (the databases come from DATABASES)"
     ]
 
 

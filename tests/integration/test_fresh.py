@@ -235,6 +235,7 @@ def test_a_worker_killed_mid_test_leaves_nothing(project: Project, results_dir: 
     assert project.clones() == []
 
 
+@pytest.mark.parametrize("backend_url", ["sqlite"], indirect=True)  # checked once
 @pytest.mark.parametrize(
     ("args", "marker", "message"),
     [
@@ -246,8 +247,6 @@ def test_a_worker_killed_mid_test_leaves_nothing(project: Project, results_dir: 
 def test_bad_input_is_one_line(
     project: Project, args: list[str], marker: str, message: str | None, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    if project.backend != "sqlite":
-        pytest.skip("checked once, on SQLite")
     project.write(tests=f"import pytest\n\n{marker}\ndef test_one(concurrent_db_connection):\n    pass\n")
     result = project.run("-n", "2", *args)
     text = result.stdout.str() + result.stderr.str()
@@ -258,9 +257,8 @@ def test_bad_input_is_one_line(
     assert "Traceback" not in text
 
 
+@pytest.mark.parametrize("backend_url", ["sqlite"], indirect=True)  # checked once
 def test_environment_sets_the_pool(project: Project, monkeypatch: pytest.MonkeyPatch) -> None:
-    if project.backend != "sqlite":
-        pytest.skip("checked once, on SQLite")
     monkeypatch.setenv("CONCURRENT_DB_POOL", "3")
     project.write(tests="def test_one(concurrent_db_fresh):\n    pass\n")
     result = project.run("-p", "no:xdist")
@@ -299,9 +297,8 @@ def test_marker_points_the_sqlalchemy_session_at_the_fresh_database(project: Pro
     assert project.clones() == []
 
 
+@pytest.mark.parametrize("backend_url", ["postgresql", "mysql"], indirect=True)  # list reads a server
 def test_list_shows_the_pool_clones_of_a_live_run(project: Project, results_dir: Path) -> None:
-    if project.backend == "sqlite":
-        pytest.skip("list reads a server (SQLite clones are this run's temporary files)")
     url = project.url.render(hide_password=False)
     project.write(
         tests=f"""

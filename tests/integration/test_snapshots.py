@@ -212,9 +212,8 @@ def test_bad_snapshot_settings_are_one_line_errors(pytester: pytest.Pytester) ->
         assert "Traceback" not in result.stderr.str()
 
 
+@pytest.mark.parametrize("backend_url", ["postgresql"], indirect=True)  # pg_dump is PostgreSQL's
 def test_missing_pg_dump_is_one_warning_and_the_run_goes_on(project: Project, results_dir: Path) -> None:
-    if project.backend != "postgresql":
-        pytest.skip("pg_dump is PostgreSQL's")
     project.write(tests=TESTS, conftest=CONFTEST)
     snaps = project.pytester.path / "snaps"
     empty = project.pytester.mkdir("nobin")
