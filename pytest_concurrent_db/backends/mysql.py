@@ -34,7 +34,7 @@ from . import mysql_probes
 from .base import Marker, clean_up_after
 from .mysql_control import connect_params, connect_to, connection_lost, one_line
 from .mysql_drop import MySQLDrop
-from .mysql_recipe import capture_recipe, quote_ident, replay_recipe
+from .mysql_recipe import capture_recipe, charset_clause, quote_ident, replay_recipe
 from .mysql_registry import REGISTRY, REGISTRY_TABLE, MySQLRegistry
 
 __all__ = ["REGISTRY", "MySQLBackend", "connect_params", "connect_to", "quote_ident"]
@@ -136,14 +136,7 @@ class MySQLBackend(MySQLRegistry, MySQLDrop):
         for it); any other failure drops it and its registry row."""
         recipe = self._recipe(template)
         claimed = self._claim(name, marker)
-        statement = (
-            "CREATE DATABASE "
-            + quote_ident(name)
-            + " CHARACTER SET "
-            + quote_ident(recipe["charset"])
-            + " COLLATE "
-            + quote_ident(recipe["collation"])
-        )
+        statement = "CREATE DATABASE " + quote_ident(name) + charset_clause(recipe)
         for attempt in (1, 2):
             try:
                 self._create_database(statement, name)

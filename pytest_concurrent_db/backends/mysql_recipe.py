@@ -24,7 +24,15 @@ from typing import Any
 from ..errors import ConcurrentDBError, PrivilegeError
 from ..options import names
 
-__all__ = ["RECIPE_FORMAT", "REPLAY_SQL_MODE", "capture_recipe", "clone_statements", "quote_ident", "replay_recipe"]
+__all__ = [
+    "RECIPE_FORMAT",
+    "REPLAY_SQL_MODE",
+    "capture_recipe",
+    "charset_clause",
+    "clone_statements",
+    "quote_ident",
+    "replay_recipe",
+]
 
 RECIPE_FORMAT = 1
 #: The session sql_mode under which table and view DDL is captured and replayed: no
@@ -59,6 +67,11 @@ def quote_ident(name: str) -> str:
     without driver parameters, so a ``%`` in a name is never taken for a placeholder.
     """
     return "`" + name.replace("`", "``") + "`"
+
+
+def charset_clause(recipe: dict[str, Any]) -> str:
+    """`` CHARACTER SET … COLLATE …`` of a recipe's database, for ``CREATE``/``ALTER DATABASE``."""
+    return " CHARACTER SET " + quote_ident(recipe["charset"]) + " COLLATE " + quote_ident(recipe["collation"])
 
 
 def strip_definer(text: str) -> str:

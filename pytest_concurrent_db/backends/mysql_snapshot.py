@@ -18,7 +18,7 @@ from typing import IO, Any
 
 from ..snapshot import Census, SnapshotError
 from .mysql import MySQLBackend
-from .mysql_recipe import RECIPE_FORMAT, _run_steps, clone_statements, quote_ident
+from .mysql_recipe import RECIPE_FORMAT, _run_steps, charset_clause, clone_statements, quote_ident
 
 __all__ = ["MySQLCodec"]
 
@@ -65,14 +65,7 @@ class MySQLCodec:
         connection = self.backend._open(client_flag=CLIENT.MULTI_STATEMENTS)
         try:
             cursor = connection.cursor()
-            cursor.execute(
-                "ALTER DATABASE "
-                + quote_ident(name)
-                + " CHARACTER SET "
-                + quote_ident(recipe["charset"])
-                + " COLLATE "
-                + quote_ident(recipe["collation"])
-            )
+            cursor.execute("ALTER DATABASE " + quote_ident(name) + charset_clause(recipe))
             steps: list[tuple[str, str]] = []
             for kind, statement in clone_statements(recipe, name, connection.escape):
                 if kind != "rows":
