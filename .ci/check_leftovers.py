@@ -9,13 +9,22 @@ import pymysql
 
 leftovers: list[str] = []
 with psycopg.connect("host=127.0.0.1 port=5432 user=postgres dbname=postgres", autocommit=True) as conn:
-    rows = conn.execute(r"SELECT datname FROM pg_database WHERE datname LIKE 'cdb\_%'").fetchall()
-    leftovers += [f"postgresql: {name}" for (name,) in rows]
+    rows = conn.execute(
+        r"SELECT datname, shobj_description(oid, 'pg_database') FROM pg_database WHERE datname LIKE 'cdb\_%'"
+    ).fetchall()
+    leftovers += [f"postgresql: {name}  marker: {marker}" for (name, marker) in rows]
 conn = pymysql.connect(host="127.0.0.1", port=3306, user="root", password="")
 try:
     with conn.cursor() as cur:
         cur.execute(r"SHOW DATABASES LIKE 'cdb\_%'")
-        leftovers += [f"mysql: {name}" for (name,) in cur.fetchall()]
+        names = [name for (name,) in cur.fetchall()]
+        markers: dict[str, str] = {}
+        if names:  # what the registry says of them (the marker explains who left them)
+            cur.execute("SHOW DATABASES LIKE 'pytest\\_concurrent\\_db\\_registry'")
+            if cur.fetchall():
+                cur.execute("SELECT name, marker FROM pytest_concurrent_db_registry.databases")
+                markers = {str(n): str(m) for n, m in cur.fetchall()}
+        leftovers += [f"mysql: {name}  marker: {markers.get(name)}" for name in names]
 finally:
     conn.close()
 if leftovers:
