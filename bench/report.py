@@ -16,6 +16,9 @@ TARGETS = (
     ("clone_pg", "PostgreSQL: our clone <= 1.15x CREATE DATABASE … TEMPLATE (WAL_LOG, server default)", 1.15),
     ("clone_sqlite", "SQLite: our clone <= 1.15x the backup API", 1.15),
     ("clone_mysql", "MySQL: our FK-preserving clone of 300 tables <= 0.5x mysqldump | mysql", 0.5),
+    ("floor_warm", "Django -n 2 warm <= 1.1x pytest-django -n 2 --reuse-db (median of the paired ratios)", 1.1),
+    ("floor_warm_worst", "Django -n 2 warm: the slowest run <= 1.25x pytest-django -n 2 --reuse-db (median)", 1.25),
+    ("floor_cold", "Django -n 2 cold <= 1.05x manage.py test --parallel 2 (median of the paired ratios)", 1.05),
     ("clone_mysql_warm", "MySQL, warm run: taking over a pristine spare (300 tables) <= 0.5x mysqldump | mysql",
      0.5),
 )
@@ -49,6 +52,24 @@ def targets(results: dict[str, Any]) -> list[dict[str, Any]]:
             ("setup_scaling", "ours-warm-n4", "ours-warm-n1", "setup_max"),
             ("setup_scaling", "ours-cold-n4", "ours-cold-n1", "setup_max"),
         )
+        for mine in ("ours-warm-n2", "ours-warm2-n2"):  # the start-up floor: a first and a second warm run
+            if (backend, mine) not in rows or (backend, "pd-reuse-n2") not in rows:
+                continue
+            theirs = rows[(backend, "pd-reuse-n2")]["wall"]
+            walls = [r["seconds"] for r in records if r["backend"] == backend and r["variant"] == mine and r["ok"]]
+            value = paired_ratio(by_round(records, backend, mine, "seconds"),
+                                 by_round(records, backend, "pd-reuse-n2", "seconds"))
+            add("floor_warm", f"{backend}, {size} project: {mine} / pd-reuse-n2", value,
+                f"wall medians {fmt_seconds(_median(rows[(backend, mine)]['wall']))} / {fmt_seconds(_median(theirs))}")
+            worst = max(walls) / _median(theirs) if walls and _median(theirs) else None
+            add("floor_warm_worst", f"{backend}, {size} project: slowest {mine} / median pd-reuse-n2", worst,
+                f"slowest {fmt_seconds(max(walls) if walls else None)} / median {fmt_seconds(_median(theirs))}")
+        if (backend, "ours-cold-n2") in rows and (backend, "dj-par2") in rows:
+            value = paired_ratio(by_round(records, backend, "ours-cold-n2", "seconds"),
+                                 by_round(records, backend, "dj-par2", "seconds"))
+            add("floor_cold", f"{backend}, {size} project: ours-cold-n2 / dj-par2", value,
+                f"wall medians {fmt_seconds(_median(rows[(backend, 'ours-cold-n2')]['wall']))} / "
+                f"{fmt_seconds(_median(rows[(backend, 'dj-par2')]['wall']))}")
         for key, mine, theirs, field in pairs:
             if (backend, mine) not in rows and (backend, theirs) not in rows:
                 continue

@@ -39,8 +39,9 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser.add_argument("--backends", nargs="+", default=list(benchlib.BACKENDS),
                         help="sqlite postgresql mysql (comma or space separated; default: all)")
     parser.add_argument("--variants", nargs="+",
-                        help=f"run variants: quick, core, all, or keys ({', '.join(runs.VARIANTS)}); "
-                        f"quick = {', '.join(runs.QUICK)}; core = {', '.join(runs.CORE)} "
+                        help=f"run variants: quick, core, floor, all, or keys ({', '.join(runs.VARIANTS)}); "
+                        f"quick = {', '.join(runs.QUICK)}; core = {', '.join(runs.CORE)}; "
+                        f"floor = {', '.join(runs.FLOOR)} "
                         "(default: core; quick: quick)")
     parser.add_argument("--repeat", type=int, help="interleaved rounds of the runs (default: 3; quick: 1)")
     parser.add_argument("--primitives-repeat", type=int, default=5,

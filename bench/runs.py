@@ -30,7 +30,7 @@ import subprocess
 import sys
 import tempfile
 import time
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -56,6 +56,8 @@ class Variant:
     runner: str = "pytest"
     #: Measured only once its state exists (pytest-django --reuse-db databases, our template).
     needs_warm: str = ""
+    #: Runs right after this variant in every round (not at a place of its own): a second run in a row.
+    after: str = ""
 
 
 def _ours(workers: int, cold: bool, spares: str = "") -> Variant:
@@ -86,12 +88,17 @@ VARIANTS: dict[str, Variant] = {
         _ours(4, cold=True),
         _ours(2, cold=False, spares="0"),
         _ours(2, cold=False, spares="1"),
+        Variant("ours-warm2-n2", "ours -n 2, warm, the second warm run in a row (right after ours-warm-n2)",
+                _ours(2, cold=False).args, 2, needs_warm="template", after="ours-warm-n2"),
     )
 }
 #: ``--quick``: what the targets need.  ``core`` (the default): every run the issue lists
 #: (serial, pytest-django -n 2/-n 4/--reuse-db, manage.py test, ours cold and warm at -n 2/-n 4).
 QUICK = ("pd-n2", "dj-par2", "ours-cold-n2", "ours-warm-n2", "ours-warm-n1", "ours-warm-n4")
 CORE = (*QUICK, "pd-reuse-n2", "serial", "pd-n4", "ours-cold-n4", "ours-cold-n1")
+#: ``floor``: the start-up floor — warm runs (twice in a row) against pytest-django ``--reuse-db``,
+#: cold runs against ``manage.py test --parallel 2``.
+FLOOR = ("pd-reuse-n2", "ours-warm-n2", "ours-warm2-n2", "dj-par2", "ours-cold-n2")
 #: The variant every ratio is computed against, and the second yardstick.
 BASELINE, DJANGO_BASELINE = "pd-n2", "dj-par2"
 
@@ -108,10 +115,12 @@ def select_variants(spec: Sequence[str]) -> list[Variant]:
                 wanted |= set(CORE)
             elif key == "quick":
                 wanted |= set(QUICK)
+            elif key == "floor":
+                wanted |= set(FLOOR)
             elif key in VARIANTS:
                 wanted.add(key)
             elif key:
-                raise SystemExit(f"unknown variant {key!r}: use quick, core, all or {', '.join(VARIANTS)}")
+                raise SystemExit(f"unknown variant {key!r}: use quick, core, floor, all or {', '.join(VARIANTS)}")
     return [v for key, v in VARIANTS.items() if key in wanted]
 
 
@@ -430,7 +439,8 @@ def run_runs(
     started = time.monotonic()
     project, info = ensure_project(size)
     expected = int(info.get("tests", "0"))
-    pairs = [(b, v) for b in backends for v in variants]
+    pairs = [(b, v) for b in backends for v in variants if not v.after]
+    followers = {v.after: v for v in variants if v.after}
     records: list[dict[str, Any]] = []
     warmups: list[dict[str, Any]] = []
     notes: list[str] = []
@@ -453,7 +463,7 @@ def run_runs(
             order = pairs[shift:] + pairs[:shift]
             begun = time.monotonic()
             warm_seconds = 0.0
-            for backend, variant in order:
+            for backend, variant in _with_followers(order, followers):
                 if variant.needs_warm and not is_warm(backend, variant, project):
                     log(f"{backend} {variant.key}: warm-up run (not measured)")
                     w0 = time.monotonic()
@@ -488,6 +498,16 @@ def run_runs(
         "leftovers": left,
         "summary": aggregate(records, backends, variants),
     }
+
+
+def _with_followers(order: Sequence[tuple[str, Variant]],
+                    followers: dict[str, Variant]) -> Iterator[tuple[str, Variant]]:
+    """``order``, each pair followed at once by the variant that runs right after it (if selected)."""
+    for backend, variant in order:
+        yield backend, variant
+        follower = followers.get(variant.key)
+        if follower is not None:
+            yield backend, follower
 
 
 def aggregate(records: Sequence[dict[str, Any]], backends: Sequence[str],
