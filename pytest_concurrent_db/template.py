@@ -29,7 +29,7 @@ from .backends.base import restarted_since, server_start
 from .errors import ConfigError, LockTimeoutError
 from .incremental import Base, encode_manifest, find_base
 from .markers import build_id, create_marked, new_marker, ready
-from .naming import PREFIX, template_name
+from .naming import template_name
 from .progress import BuildProgress
 from .site import Site
 from .snapshot import SnapshotOutcome, restore_snapshot, write_snapshot
@@ -294,7 +294,7 @@ def _base(backend: Backend, site: Site, manifest: str, populators: Sequence[Popu
     """The ready template of this project that a template with ``manifest`` can start from."""
     if not any(p.resume_key for p in populators):
         return None
-    infos = backend.list_databases(PREFIX, sizes=False)
+    infos = backend.list_databases(site.own_prefix, sizes=False)  # this project's only
     return find_base(infos, lambda print_: template_name(site.base, print_), manifest, populators)
 
 
