@@ -12,7 +12,7 @@ with psycopg.connect("host=127.0.0.1 port=5432 user=postgres dbname=postgres", a
     rows = conn.execute(
         r"SELECT datname, shobj_description(oid, 'pg_database') FROM pg_database WHERE datname LIKE 'cdb\_%'"
     ).fetchall()
-    leftovers += [f"postgresql: {name}  marker: {marker}" for (name, marker) in rows]
+    leftovers += [f"postgresql: {name}  marker: {str(marker)[:240]}" for (name, marker) in rows]
 conn = pymysql.connect(host="127.0.0.1", port=3306, user="root", password="")
 try:
     with conn.cursor() as cur:
@@ -24,7 +24,7 @@ try:
             if cur.fetchall():
                 cur.execute("SELECT name, marker FROM pytest_concurrent_db_registry.databases")
                 markers = {str(n): str(m) for n, m in cur.fetchall()}
-        leftovers += [f"mysql: {name}  marker: {markers.get(name)}" for name in names]
+        leftovers += [f"mysql: {name}  marker: {str(markers.get(name))[:240]}" for name in names]
 finally:
     conn.close()
 if leftovers:
