@@ -52,6 +52,12 @@ class WorkerReport:
     spare_seconds: float = 0.0
     spare_wait_seconds: float = 0.0
     spare_error: str = ""
+    #: the database this process handed on to the next run as its spare (empty: none)
+    handed_on: str = ""
+    #: how long comparing it with the template (and handing it on) took
+    hand_on_seconds: float = 0.0
+    #: why the spare this process took over was not handed on (dropped instead)
+    hand_on_skipped: str = ""
     #: fresh databases (``concurrent_db_fresh``) handed to tests, from a pool of ``fresh_pool``
     fresh_used: int = 0
     fresh_pool: int = 0
@@ -93,7 +99,7 @@ class WorkerReport:
 
     @property
     def teardown_seconds(self) -> float:
-        return self.check_seconds + self.spare_wait_seconds + self.drop_seconds
+        return self.check_seconds + self.spare_wait_seconds + self.hand_on_seconds + self.drop_seconds
 
 
 _FIELDS = dataclasses.fields(WorkerReport)

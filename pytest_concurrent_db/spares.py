@@ -1,6 +1,8 @@
 """Spares and the warm pool: pristine clones made in the background.
 
-Spares are made during one run for the same worker id of the next.
+Spares are made during one run for the same worker id of the next, or handed on: a
+worker's database that its tests left equal to the template becomes the next run's spare
+again (:mod:`.recycle`).
 
 While the tests run, a worker may copy the template once more in a background thread on
 a connection of its own; the next run's worker of that id takes the copy over in
@@ -22,13 +24,14 @@ import os
 import threading
 import time
 from collections import deque
-from collections.abc import Sequence
-from dataclasses import dataclass, field
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field, replace
 
 from .backends import Backend, Marker
 from .errors import ConcurrentDBError
 from .markers import new_marker, ready
 from .naming import fresh_name, spare_name
+from .recycle import Pristine, read_pristine
 from .template import Template
 
 __all__ = [
@@ -121,9 +124,13 @@ def is_spare(marker: Marker | None, template: Template, worker_id: str, *, ready
     )
 
 
-def claim_spare(backend: Backend, template: Template, *, run_id: str, worker_id: str) -> str | None:
+def claim_spare(
+    backend: Backend, template: Template, *, run_id: str, worker_id: str
+) -> tuple[str, Pristine | None] | None:
     """Take over a ready spare of ``template`` made for ``worker_id``: its lock is kept (as a
-    clone's) and its marker says it is this worker's clone now.  None if there is none."""
+    clone's) and its marker says it is this worker's clone now.  Returns its name and the state
+    it had when known equal to the template (None if its marker has none), or None if there
+    is no spare."""
     for info in backend.list_databases(template.site.own_prefix, sizes=False):
         if not is_spare(info.marker, template, worker_id, ready_only=True):
             continue
@@ -132,20 +139,29 @@ def claim_spare(backend: Backend, template: Template, *, run_id: str, worker_id:
             continue  # still being made, or taken by a worker of a concurrent run
         try:
             marker = backend.get_marker(info.name)  # again, under the lock
-            if is_spare(marker, template, worker_id, ready_only=True):
+            if marker is not None and is_spare(marker, template, worker_id, ready_only=True):
                 backend.set_marker(info.name, new_marker("clone", run_id, worker_id, template.name))
-                return info.name
+                return info.name, Pristine.decode(marker.pristine)
         except ConcurrentDBError:
             pass  # gone meanwhile: make a clone instead
         backend.release_lock(key)
     return None
 
 
-def make_locked(backend: Backend, template: Template, name: str, marker: Marker, *, keep_lock: bool) -> None:
+def make_locked(
+    backend: Backend,
+    template: Template,
+    name: str,
+    marker: Marker,
+    *,
+    keep_lock: bool,
+    annotate: Callable[[Marker], Marker] | None = None,
+) -> None:
     """Copy ``template`` into ``name`` under its liveness lock ``clone:<name>`` (taken on
     ``backend``'s control connection).  A ``building`` marker becomes ``ready`` once the
-    copy is complete (a crash in between leaves an unfinished database, which is reaped).
-    ``keep_lock``: the lock stays held (the database is in use) unless the copy fails."""
+    copy is complete (a crash in between leaves an unfinished database, which is reaped);
+    ``annotate`` may add to it then.  ``keep_lock``: the lock stays held (the database is in
+    use) unless the copy fails."""
     from .clones import copy
 
     key = f"clone:{name}"
@@ -155,7 +171,8 @@ def make_locked(backend: Backend, template: Template, name: str, marker: Marker,
         copy(backend, template, name, marker)
         if marker.state == "building":
             try:
-                backend.set_marker(name, ready(marker))
+                final = ready(marker)
+                backend.set_marker(name, annotate(final) if annotate is not None else final)
             except BaseException:
                 with contextlib.suppress(Exception):
                     backend.drop(name)
@@ -228,7 +245,14 @@ class SpareMaker:
             state="building",
             fingerprint=self.template.build_id,
         )
-        make_locked(backend, self.template, name, marker, keep_lock=False)
+        make_locked(
+            backend,
+            self.template,
+            name,
+            marker,
+            keep_lock=False,
+            annotate=lambda final: replace(final, pristine=read_pristine(backend, name)),
+        )
 
     def wait(self) -> None:
         """Wait until the spares are made (they are left for the next run)."""

@@ -139,11 +139,16 @@ def _clone_method(ordered: Sequence[WorkerReport]) -> str:
 
 def _spares_line(ordered: Sequence[WorkerReport]) -> str | None:
     made = [r for r in ordered if r.spares_made]
-    if not made:
-        return None
-    each = ", ".join(f"{r.worker_id} {r.spare_seconds:.2f}s" for r in made)
-    total = sum(r.spares_made for r in made)
-    return f"spares for the next run: {total} made in the background while the tests ran ({each})"
+    handed = [r for r in ordered if r.handed_on]
+    parts = []
+    if handed:
+        each = ", ".join(f"{r.worker_id} {r.hand_on_seconds:.2f}s" for r in handed)
+        parts.append(f"{len(handed)} handed on untouched (checked equal to the template: {each})")
+    if made:
+        each = ", ".join(f"{r.worker_id} {r.spare_seconds:.2f}s" for r in made)
+        total = sum(r.spares_made for r in made)
+        parts.append(f"{total} made in the background while the tests ran ({each})")
+    return f"spares for the next run: {'; '.join(parts)}" if parts else None
 
 
 def _fresh_line(ordered: Sequence[WorkerReport]) -> str | None:
@@ -181,7 +186,10 @@ def _teardown_line(ordered: Sequence[WorkerReport]) -> str | None:
     parts = [f"isolation checks {slowest.check_seconds:.2f}s"]
     if slowest.spares_made:
         parts.append(f"waiting for its spare {slowest.spare_wait_seconds:.2f}s")
-    parts.append(f"drop {slowest.drop_seconds:.2f}s")
+    if slowest.hand_on_seconds:
+        parts.append(f"{'handing on' if slowest.handed_on else 'checking to hand on'} {slowest.hand_on_seconds:.2f}s")
+    if not slowest.handed_on:
+        parts.append(f"drop {slowest.drop_seconds:.2f}s")
     return f"teardown (slowest, {slowest.worker_id}): {', '.join(parts)}"
 
 
@@ -221,12 +229,20 @@ def _verdict_line(report: WorkerReport, *, keep: bool) -> tuple[str, dict[str, b
         verdict, markup = "ok", {}
     if report.clone:
         parts.append(f"{report.checks} check{'' if report.checks == 1 else 's'}")
-        parts.append("kept" if keep else "dropped" if report.dropped else "not dropped")
+        parts.append(
+            "kept" if keep else "dropped" if report.dropped else "handed on" if report.handed_on else "not dropped"
+        )
     return f"{report.worker_id}: {verdict} — {', '.join(parts)}" if parts else f"{report.worker_id}: {verdict}", markup
 
 
 def _spare_error_lines(ordered: Sequence[WorkerReport]) -> list[str]:
-    return [f"spares: {r.worker_id} could not make one: {r.spare_error}" for r in ordered if r.spare_error]
+    made = [f"spares: {r.worker_id} could not make one: {r.spare_error}" for r in ordered if r.spare_error]
+    handed = [
+        f"spares: {r.worker_id} dropped its database instead of handing it on: {r.hand_on_skipped}"
+        for r in ordered
+        if r.hand_on_skipped
+    ]
+    return made + handed
 
 
 def _isolation_line(reports: Sequence[WorkerReport], isolation: str) -> str:

@@ -11,6 +11,8 @@ template build / reuse    building it (with the migrations ``migrate`` applied) 
                           it ready
 clone per worker          copying the template (or taking over a spare)
 isolation check           the isolation checks of each worker, summed
+hand on                   comparing a worker's database with its template, to keep it as
+                          the next run's spare if the tests left it untouched
 drop                      dropping each worker's clone
 ========================  ==================================================================
 
@@ -159,6 +161,7 @@ def _template_timings(name: str, group: list[WorkerReport]) -> TemplateTimings:
         _phase("template reuse", [r for r in looked if not r.template_built], "reuse_seconds", note="no migrations"),
         _phase("clone per worker", cloned, "clone_seconds", note="spare taken over" if _spares(cloned) else ""),
         _phase("isolation check", [r for r in cloned if r.checks], "check_seconds"),
+        _phase("hand on", [r for r in group if r.hand_on_seconds], "hand_on_seconds"),
         _phase("drop", [r for r in group if r.dropped], "drop_seconds"),
     ]
     return TemplateTimings(

@@ -18,6 +18,7 @@ from .backends import Backend
 from .clones import ConcurrentDatabase, drop_clone, handle, keep_clone, make_clone
 from .janitor import Janitor
 from .progress import BuildProgress
+from .recycle import HandOnHistory, Pristine, hand_on
 from .report import WorkerReport
 from .site import Site
 from .snapshot import record_snapshot
@@ -43,6 +44,8 @@ class WorkerDatabases:
         self.template: Template | None = None
         self.database: ConcurrentDatabase | None = None
         self._spares: SpareMaker | None = None
+        #: the claimed spare's state when it was pristine: this database is handed on at teardown if untouched
+        self._hand_on: Pristine | None = None
         #: told when this process waits for, builds, or finds its template (None: nobody listens)
         self.progress: BuildProgress | None = None
 
@@ -95,15 +98,17 @@ class WorkerDatabases:
 
     def create_clone(self, template: Template | None = None, *, refill: bool = True) -> ConcurrentDatabase:
         """This process's clone of the template: a spare made for this worker id by an
-        earlier run if one is ready, else a new copy.  With spares on (and ``refill``),
-        a spare for the next run is then made in the background."""
+        earlier run if one is ready, else a new copy.  With spares on (and ``refill``), the
+        next run's spare is then either this very database, handed on at teardown if the
+        tests leave it untouched (:mod:`.recycle`), or a copy made in the background."""
         template = template or self.template
         if template is None:
             raise ValueError("create_clone() needs a template: call ensure_template() first")
         self.template = template
         count = wanted_spares(self.spares, self.backend.name)
         started = time.perf_counter()
-        name = claim_spare(self.backend, template, run_id=self.run_id, worker_id=self.worker_id) if count else None
+        claimed = claim_spare(self.backend, template, run_id=self.run_id, worker_id=self.worker_id) if count else None
+        name, pristine = claimed if claimed is not None else (None, None)
         self.stats.spare_claimed = name is not None
         if name is None:
             name, template = make_clone(
@@ -114,17 +119,28 @@ class WorkerDatabases:
         self.stats.clone_seconds = time.perf_counter() - started
         self.stats.method = "spare made by an earlier run" if self.stats.spare_claimed else self.backend.clone_method()
         self.database = handle(self.backend, template, name, self.run_id, self.worker_id)
-        pays = False
         if refill and count and self._spares is None:
-            copies: list[float] = []
-            if self.spares == "auto":
-                history = CopyHistory(template)
-                copies = history.read() if self.stats.spare_claimed else history.add(self.stats.clone_seconds)
-            pays = spares_pay_off(self.spares, self.backend.name, copies=copies)
-        if pays:
+            self._plan_spares(template, count, pristine)
+        return self.database
+
+    def _plan_spares(self, template: Template, count: int, pristine: Pristine | None) -> None:
+        """Hand this database on at teardown (a spare that was pristine, unless a recent run's
+        tests changed theirs), or copy a spare in the background now if spares pay off."""
+        history = HandOnHistory(template)
+        worth_trying = history.worth_trying()
+        if pristine is not None and worth_trying:
+            self._hand_on = pristine
+            return
+        if not worth_trying:
+            history.add("copied")
+        copies: list[float] = []
+        if self.spares == "auto":
+            times = CopyHistory(template)
+            copies = times.read() if self.stats.spare_claimed else times.add(self.stats.clone_seconds)
+        # a spare handed on from run to run costs one copy in all: worth it whenever handing on works
+        if worth_trying or spares_pay_off(self.spares, self.backend.name, copies=copies):
             self._spares = SpareMaker(template, self.run_id, self.worker_id, count)
             self._spares.start()
-        return self.database
 
     def make_spares(self) -> int:
         """Make this worker id's spares of the current template now, in this thread."""
@@ -181,18 +197,50 @@ class WorkerDatabases:
                 self.wait_for_spares()
 
     def drop_clone(self) -> None:
-        """Drop this process's clone and release its lock."""
+        """Drop this process's clone and release its lock; a spare it took over that the tests
+        left untouched is handed on to the next run instead (:mod:`.recycle`)."""
         self.close_pool()
         if self.database is None:
             return
         name, self.database = self.database.name, None
+        try:
+            if self._hand_on is not None and self._handed_on(name, self._hand_on):
+                return
+            started = time.perf_counter()
+            try:
+                drop_clone(self.backend, name)
+                self.stats.dropped.append(name)
+            finally:
+                self.stats.drop_seconds = time.perf_counter() - started
+        finally:
+            self.wait_for_spares()
+
+    def _handed_on(self, name: str, pristine: Pristine) -> bool:
+        """Whether ``name`` was still pristine and is now the next run's spare."""
+        assert self.template is not None
+        self._hand_on = None
         started = time.perf_counter()
         try:
-            drop_clone(self.backend, name)
-            self.stats.dropped.append(name)
-        finally:
-            self.stats.drop_seconds = time.perf_counter() - started
-            self.wait_for_spares()
+            outcome, why = hand_on(
+                self.backend,
+                self.template,
+                name,
+                pristine,
+                run_id=self.run_id,
+                worker_id=self.worker_id,
+                wanted=wanted_spares(self.spares, self.backend.name),
+            )
+        except Exception as exc:  # handing on is an optimisation: the database is dropped instead
+            reason = " ".join(str(exc).split())[:200] or type(exc).__name__
+            outcome, why = "skipped", f"could not compare it with the template: {reason}"
+        self.stats.hand_on_seconds = time.perf_counter() - started
+        if outcome != "skipped":
+            HandOnHistory(self.template).add(outcome)
+        if outcome == "clean":
+            self.stats.handed_on = name
+            return True
+        self.stats.hand_on_skipped = why
+        return False
 
     def sweep_run(self) -> list[str]:
         """Drop the clones of this run's crashed workers (the controller, at the end)."""

@@ -12,9 +12,9 @@ from typing import Any
 
 from ..errors import ConfigError
 from ..url import DatabaseURL, parse_url
-from .base import Backend, DatabaseInfo, Marker
+from .base import Backend, DatabaseInfo, DatabaseState, Marker
 
-__all__ = ["Backend", "DatabaseInfo", "Marker", "connect_url", "load_backend", "require_driver"]
+__all__ = ["Backend", "DatabaseInfo", "DatabaseState", "Marker", "connect_url", "load_backend", "require_driver"]
 
 _DRIVERS = {"postgresql": ("psycopg", "psycopg 3"), "mysql": ("pymysql", "PyMySQL")}
 

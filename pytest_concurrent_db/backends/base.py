@@ -32,6 +32,7 @@ __all__ = [
     "Backend",
     "ControlConnection",
     "DatabaseInfo",
+    "DatabaseState",
     "Marker",
     "ServerNotUpError",
     "clean_up_after",
@@ -81,11 +82,15 @@ class Marker:
     #: a ready template's inputs step by step (see :mod:`pytest_concurrent_db.incremental`):
     #: what lets a later template of the same project start from this one
     manifest: str = ""
+    #: a spare's state when it was known equal to its template (see
+    #: :mod:`pytest_concurrent_db.recycle`): what lets the next run hand it on again
+    pristine: str = ""
 
     def encode(self) -> str:
         fields = asdict(self)
-        if not self.manifest:  # only templates have one: the others' markers stay as they were
-            del fields["manifest"]
+        for optional in ("manifest", "pristine"):  # only some markers have them: the others stay as they were
+            if not fields[optional]:
+                del fields[optional]
         return MARKER_TAG + json.dumps(fields, sort_keys=True, separators=(",", ":"))
 
     @classmethod
@@ -97,7 +102,15 @@ class Marker:
             marker = cls(**json.loads(text[len(MARKER_TAG) :]))
         except (ValueError, TypeError):
             return None
-        texts = (marker.run_id, marker.worker_id, marker.template, marker.fingerprint, marker.host, marker.manifest)
+        texts = (
+            marker.run_id,
+            marker.worker_id,
+            marker.template,
+            marker.fingerprint,
+            marker.host,
+            marker.manifest,
+            marker.pristine,
+        )
         if (
             marker.kind not in ("template", "clone", "spare")
             or marker.state not in ("building", "ready", "kept")
@@ -106,6 +119,17 @@ class Marker:
         ):
             return None
         return marker
+
+
+@dataclass(frozen=True)
+class DatabaseState:
+    """What :meth:`Backend.database_state` read: ``digest`` of the schema and every row,
+    ``counters`` (sequence positions, ``AUTO_INCREMENT`` values; only those not at their
+    start), and ``sessions``, other than the reader's, on the database."""
+
+    digest: str
+    counters: dict[str, int]
+    sessions: list[str]
 
 
 @dataclass(frozen=True)
@@ -255,6 +279,18 @@ class Backend(Protocol):
 
     def row_counts(self, connection: Any) -> dict[str, int]:
         """Row count of every base table in the database of ``connection``."""
+        ...
+
+    # -- the state of a database, to hand an untouched one on (see recycle.py) ----
+    def database_state(self, name: str) -> DatabaseState | None:
+        """The state of database ``name``: a digest of its schema and rows, its counters
+        (sequences, ``AUTO_INCREMENT``) apart, and the sessions on it.  None where
+        databases are never handed on (SQLite: a copy is a file copy)."""
+        ...
+
+    def reset_counters(self, name: str, now: dict[str, int], wanted: dict[str, int]) -> int:
+        """Set the counters of database ``name`` that ``now`` differs from ``wanted`` back to
+        ``wanted`` (a counter missing from a map is at its start); returns how many were set."""
         ...
 
     # -- session-level locks, held on the control connection --------------------

@@ -30,8 +30,8 @@ from typing import Any, ClassVar
 from ..errors import ConcurrentDBError, NotOursError, ScriptError
 from ..sqlscript import split_sql
 from ..url import DatabaseURL
-from . import mysql_probes
-from .base import Marker, clean_up_after
+from . import mysql_probes, mysql_state
+from .base import DatabaseState, Marker, clean_up_after
 from .mysql_control import connect_params, connect_to, connection_lost, one_line
 from .mysql_drop import MySQLDrop
 from .mysql_recipe import capture_recipe, charset_clause, quote_ident, replay_recipe
@@ -104,14 +104,35 @@ class MySQLBackend(MySQLRegistry, MySQLDrop):
         return False
 
     def _capture(self, template: str) -> dict[str, Any]:
+        recipe: dict[str, Any] = self._on_recipe_connection(lambda cur: capture_recipe(cur, template))
+        return recipe
+
+    def _on_recipe_connection(self, run: Any) -> Any:
+        """``run(cursor)`` on a new connection with ``CLIENT.MULTI_STATEMENTS`` and no default database."""
         from pymysql.constants import CLIENT
 
         conn = self._open(client_flag=CLIENT.MULTI_STATEMENTS)
         try:
             with conn.cursor() as cur:
-                return capture_recipe(cur, template)
+                return run(cur)
         finally:
             conn.close()
+
+    def database_state(self, name: str) -> DatabaseState:
+        """The recipe, ``CHECKSUM TABLE`` and the counters (:func:`.mysql_state.mysql_state`)."""
+
+        def read(cur: Any) -> DatabaseState:
+            sessions = mysql_probes.other_sessions(name, cur.connection)
+            digest, counters = mysql_state.mysql_state(cur, name)
+            return DatabaseState(digest, counters, sessions)
+
+        result: DatabaseState = self._on_recipe_connection(read)
+        return result
+
+    def reset_counters(self, name: str, now: dict[str, int], wanted: dict[str, int]) -> int:
+        """``ALTER TABLE … AUTO_INCREMENT`` of every table whose counter moved."""
+        count: int = self._on_recipe_connection(lambda cur: mysql_state.reset_counters(cur, name, now, wanted))
+        return count
 
     def _recipe(self, template: str) -> dict[str, Any]:
         """The recipe of ready template ``template``, cached while its marker is unchanged."""

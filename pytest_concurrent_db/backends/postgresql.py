@@ -26,8 +26,8 @@ from psycopg import errors, sql
 from ..errors import ConcurrentDBError, ConfigError, NotOursError, PrivilegeError
 from ..options import names
 from ..url import DatabaseURL
-from . import postgresql_probes, postgresql_script
-from .base import DatabaseInfo, Marker, clean_up_after
+from . import postgresql_probes, postgresql_script, postgresql_state
+from .base import DatabaseInfo, DatabaseState, Marker, clean_up_after
 from .postgresql_control import FIX_URL, PostgreSQLControl, connect_params, connect_to, reason_of
 
 __all__ = ["FILE_COPY_ABOVE", "PostgreSQLBackend", "connect_params", "connect_to"]
@@ -65,8 +65,7 @@ class PostgreSQLBackend(PostgreSQLControl):
     ) -> None:
         if strategy and strategy.lower() not in _STRATEGIES:
             raise ConfigError(
-                f"unknown PostgreSQL clone strategy {strategy!r}: use "
-                f"wal_log or file_copy ({names('clone_strategy')})"
+                f"unknown PostgreSQL clone strategy {strategy!r}: use wal_log or file_copy ({names('clone_strategy')})"
             )
         super().__init__(url, application_name=application_name)
         self.strategy = strategy.lower() if strategy else None
@@ -169,8 +168,7 @@ class PostgreSQLBackend(PostgreSQLControl):
                 raise ConcurrentDBError(f"cannot {what}: database {name!r} already exists") from None
             except errors.InsufficientPrivilege as exc:
                 raise PrivilegeError(
-                    f"cannot {what}: {reason_of(exc)}; run "
-                    f"{self._grant_fix()} as a superuser, or {FIX_URL}"
+                    f"cannot {what}: {reason_of(exc)}; run {self._grant_fix()} as a superuser, or {FIX_URL}"
                 ) from None
             except errors.InvalidCatalogName:
                 raise ConcurrentDBError(
@@ -359,6 +357,24 @@ class PostgreSQLBackend(PostgreSQLControl):
 
     def other_sessions(self, name: str, connection: Any) -> list[str]:
         return self._sessions(name, exclude=int(connection.info.backend_pid))
+
+    def database_state(self, name: str) -> DatabaseState:
+        """One query on a connection of its own (:func:`.postgresql_state.postgresql_state`)."""
+        connection = self.connect(name)
+        try:
+            sessions = self._sessions(name, exclude=int(connection.info.backend_pid))
+            digest, counters = postgresql_state.postgresql_state(connection)
+        finally:
+            connection.close()
+        return DatabaseState(digest, counters, sessions)
+
+    def reset_counters(self, name: str, now: dict[str, int], wanted: dict[str, int]) -> int:
+        """``setval`` of every sequence that moved (:func:`.postgresql_state.reset_sequences`)."""
+        connection = self.connect(name)
+        try:
+            return postgresql_state.reset_sequences(connection, now, wanted)
+        finally:
+            connection.close()
 
     def _sessions(self, name: str, exclude: int = 0) -> list[str]:
         rows = self._exec(

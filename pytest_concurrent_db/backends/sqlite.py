@@ -285,6 +285,12 @@ class SQLiteBackend:
     def other_sessions(self, name: str, connection: Any) -> list[str]:
         return []  # SQLite cannot tell
 
+    def database_state(self, name: str) -> None:
+        """Never needed: SQLite databases are not handed on (a copy is a file copy)."""
+
+    def reset_counters(self, name: str, now: dict[str, int], wanted: dict[str, int]) -> int:
+        return 0
+
     def row_counts(self, connection: Any) -> dict[str, int]:
         tables = [
             row[0]

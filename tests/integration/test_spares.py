@@ -99,12 +99,130 @@ def test_next_run_takes_over_the_spares_made_while_the_tests_ran(server_project:
         assert spares[name].worker_id == worker  # its own worker id's spare
         assert SPARE.search(name)
     assert not set().union(*used.values()) & set().union(*used_first.values())
-    # the taken-over spares were dropped like clones; two new ones wait for the next run
-    after = project.spares()
-    assert len(after) == 2
-    assert not set(after) & set(spares)
-    assert project.clones() == []
+    # the tests committed rows: the taken-over spares were dropped like clones, not handed on,
+    # and this run made no spare (the next one copies, and makes its spares in the background)
+    assert text.count("dropped its database instead of handing it on: its rows or schema changed") == 2, text
     assert "dropped: 2 databases" in text
+    assert project.spares() == {}
+    assert project.clones() == []
+    _clear(results_dir)
+    third = project.run("-n", "2", "--concurrent-db-spares", "1")
+    third.assert_outcomes(passed=4)
+    assert "(spare)" not in summary(third)
+    assert "spares for the next run: 2 made in the background" in summary(third)
+    _records(results_dir)  # pristine copies
+    assert len(project.spares()) == 2
+
+
+#: Each test inserts a book and rolls it back: the database is untouched but for the counters
+#: (a rolled-back insert does not give its id back).  It writes the database's name, the books
+#: it saw, the id its book got and what the author's name is.
+UNTOUCHED = """
+    import os, pytest
+
+    LAST_ID = {"postgresql": "SELECT lastval()", "mysql": "SELECT LAST_INSERT_ID()"}
+
+    @pytest.mark.parametrize("i", range(4))
+    def test_roll_back(concurrent_db, concurrent_db_connection, worker_id, i):
+        cur = concurrent_db_connection.cursor()
+        cur.execute("SELECT COUNT(*) FROM book")
+        books = cur.fetchone()[0]
+        cur.execute("SELECT name FROM author")
+        (name,) = cur.fetchall()[0]
+        cur.execute("INSERT INTO book (author_id, title, worker) VALUES (1, 'b', PARAM)", (worker_id,))
+        cur.execute(LAST_ID[concurrent_db.backend])
+        book_id = cur.fetchone()[0]
+        concurrent_db_connection.rollback()
+        CHANGE
+        with open(os.path.join(os.environ["RESULTS_DIR"], f"{worker_id}-{i}"), "w") as fh:
+            fh.write(f"{concurrent_db.name} {books} {book_id} {name}")
+"""
+
+#: what one test changes for good (committed): a value in place (the row counts stay the same),
+#: or the schema (a new table)
+CHANGES = {
+    "update": """if i == 0:
+            cur.execute("UPDATE author SET name = 'changed'")
+            concurrent_db_connection.commit()""",
+    "table": """if i == 0:
+            cur.execute("CREATE TABLE extra (x INTEGER)")
+            concurrent_db_connection.commit()""",
+}
+
+
+def _untouched(results: Path) -> dict[str, set[str]]:
+    """worker -> databases its tests ran on; each began from the template: no book, the seed
+    author, and the books' ids counting from 1 again in every database."""
+    names: dict[str, set[str]] = {}
+    ids: dict[str, list[int]] = {}
+    for path in results.iterdir():
+        name, books, book_id, author = path.read_text().split()
+        worker = path.name.split("-")[0]
+        names.setdefault(worker, set()).add(name)
+        ids.setdefault(worker, []).append(int(book_id))
+        assert books == "0"
+        if author != "seed":
+            assert author == "changed"  # only after the one test that changed it
+    for worker, seen in ids.items():
+        assert sorted(seen) == list(range(1, len(seen) + 1)), f"{worker}: the ids did not start again at 1: {seen}"
+    return names
+
+
+def test_an_untouched_database_is_handed_on_as_the_next_runs_spare(server_project: Project, results_dir: Path) -> None:
+    """Tests that only roll back leave the database equal to the template but for the counters:
+    it is checked, its counters set back, and kept as the next run's spare (no copy, no drop)."""
+    project = server_project
+    project.write(tests=UNTOUCHED.replace("CHANGE", "pass"))
+    project.run("-n", "2", "--concurrent-db-spares", "1").assert_outcomes(passed=4)  # copies, makes spares
+    _untouched(results_dir)
+    spares = project.spares()
+    assert len(spares) == 2
+    assert all(m.pristine for m in spares.values())  # the state they had when just copied
+    for _ in range(2):
+        _clear(results_dir)
+        result = project.run("-n", "2", "--concurrent-db-spares", "1", "--concurrent-db-timings")
+        result.assert_outcomes(passed=4)
+        text = summary(result)
+        assert text.count("(spare)") == 2, text
+        assert re.search(r"spares for the next run: 2 handed on untouched \(checked equal to the template: gw", text), (
+            text
+        )
+        assert "made in the background" not in text
+        assert "dropped: 0 databases" in text
+        assert re.search(r"teardown \(slowest, gw[01]\): isolation checks [0-9.]+s, handing on [0-9.]+s$", text, re.M)
+        assert re.search(r"^  hand on +2 ", result.stdout.str(), re.M)
+        used = _untouched(results_dir)  # the ids start at 1 again: the counters were set back
+        assert set().union(*used.values()) == set(spares)  # the same two databases, run after run
+        after = project.spares()
+        assert set(after) == set(spares)
+        assert {m.worker_id for m in after.values()} == {"gw0", "gw1"}
+        assert all(m.state == "ready" and m.pristine == spares[n].pristine for n, m in after.items())
+        assert project.clones() == []
+
+
+@pytest.mark.parametrize("change", sorted(CHANGES))
+def test_a_changed_database_is_dropped_not_handed_on(server_project: Project, results_dir: Path, change: str) -> None:
+    """A committed change the row counts do not show (an update) or a new table: the database
+    is dropped, and the next run starts from a copy of the template again."""
+    project = server_project
+    project.write(tests=UNTOUCHED.replace("CHANGE", CHANGES[change]))
+    project.run("-n", "1", "--concurrent-db-spares", "1").assert_outcomes(passed=4)
+    (made,) = project.spares()
+    _clear(results_dir)
+    result = project.run("-n", "1", "--concurrent-db-spares", "1")
+    result.assert_outcomes(passed=4)
+    text = summary(result)
+    assert "(spare)" in text
+    assert "spares: gw0 dropped its database instead of handing it on: its rows or schema changed" in text, text
+    assert "dropped: 1 database" in text
+    assert project.spares() == {}
+    assert project.clones() == []
+    _clear(results_dir)
+    third = project.run("-n", "1", "--concurrent-db-spares", "1")
+    third.assert_outcomes(passed=4)
+    assert "(spare)" not in summary(third)
+    (name,) = _untouched(results_dir)["gw0"]
+    assert name != made
 
 
 def test_spares_zero_makes_and_takes_none(server_project: Project, results_dir: Path) -> None:
@@ -211,26 +329,46 @@ def _worker(url: DatabaseURL, tmp_path: Path, run_id: str) -> WorkerDatabases:
     return engine
 
 
-def _one_run(engine: WorkerDatabases) -> tuple[bool, int]:
-    """What a worker does in one run: (took over a spare, spares made for the next run)."""
+def _one_run(engine: WorkerDatabases, *, change: bool = False) -> tuple[bool, int]:
+    """What a worker does in one run: (took over a spare, spares made for the next run).
+    ``change``: the tests commit a row."""
     try:
-        engine.create_clone()
+        database = engine.create_clone()
+        if change:
+            connection = database.connect()
+            try:
+                connection.cursor().execute("INSERT INTO t (id) VALUES (1)")
+                connection.commit()
+            finally:
+                connection.close()
         engine.drop_clone()  # waits for the spares
         return engine.stats.spare_claimed, engine.stats.spares_made
     finally:
         engine.close()
 
 
-def test_auto_makes_spares_only_when_copies_are_slow(
+def test_auto_hands_on_and_after_a_change_makes_spares_only_when_copies_are_slow(
     server_url: DatabaseURL, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    """``auto`` decides on the template's latest copies on this machine (the median of three),
-    not on one: no spare while copies are faster than the backend's threshold; one once they
-    are slower; a worker that took a spare over goes on making them while the recorded copies
-    (the spares' own included) stay slow, and stops once they are fast."""
+    """``auto`` makes one spare and then hands it on from run to run while the tests leave it
+    untouched.  After a run whose tests changed it, the next three runs decide on the
+    template's latest copies on this machine (the median of three), not on one: no spare while
+    copies are faster than the backend's threshold, one once they are slower (a worker that took
+    a spare over goes on making them while copies stay slow); then handing on is tried again."""
     thresholds = spares_module.SPARES_AUTO_MIN_SECONDS
     monkeypatch.setitem(thresholds, server_url.backend, 3600.0)  # every copy is "fast"
-    assert _one_run(_worker(server_url, tmp_path, "run00001")) == (False, 0)
+    assert _one_run(_worker(server_url, tmp_path, "run00001")) == (False, 1)
+    engine = _worker(server_url, tmp_path, "run00002")
+    assert _one_run(engine) == (True, 0)
+    handed = engine.stats.handed_on
+    assert handed
+    engine = _worker(server_url, tmp_path, "run00003")
+    assert _one_run(engine, change=True) == (True, 0)
+    assert engine.stats.clone == handed
+    assert engine.stats.handed_on == ""
+    assert engine.stats.hand_on_skipped == "its rows or schema changed"
+    assert engine.stats.dropped == [handed]
+    assert _one_run(_worker(server_url, tmp_path, "run00004")) == (False, 0)  # fast copies: no spare
     backend = load_backend(server_url)
     try:
         assert backend.list_databases(f"cdb_{server_url.database}_sp") == []
@@ -238,9 +376,9 @@ def test_auto_makes_spares_only_when_copies_are_slow(
         backend.close()
 
     monkeypatch.setitem(thresholds, server_url.backend, 0.0)  # every copy is "slow"
-    assert _one_run(_worker(server_url, tmp_path, "run00002")) == (False, 1)
-    assert _one_run(_worker(server_url, tmp_path, "run00003")) == (True, 1)  # the chain goes on
-
-    monkeypatch.setitem(thresholds, server_url.backend, 3600.0)  # the copies are fast now
-    assert _one_run(_worker(server_url, tmp_path, "run00004")) == (True, 0)  # the chain ends
-    assert _one_run(_worker(server_url, tmp_path, "run00005")) == (False, 0)
+    assert _one_run(_worker(server_url, tmp_path, "run00005")) == (False, 1)
+    assert _one_run(_worker(server_url, tmp_path, "run00006")) == (True, 1)  # the chain goes on
+    # three runs since the change: handing on is tried again, and works
+    engine = _worker(server_url, tmp_path, "run00007")
+    assert _one_run(engine) == (True, 0)
+    assert engine.stats.handed_on == engine.stats.clone

@@ -116,3 +116,12 @@ def test_decode_never_raises(text: str, value: object) -> None:
     assert Marker.decode(text) is None or text.startswith(MARKER_TAG)
     decoded = Marker.decode(MARKER_TAG + json.dumps(value))
     assert decoded is None or isinstance(decoded, Marker)
+
+
+def test_a_spares_pristine_state_is_kept_and_other_markers_stay_as_they_were() -> None:
+    plain = Marker(kind="spare", run_id="r", worker_id="gw0", created=1.0)
+    assert "pristine" not in plain.encode()
+    spare = Marker(kind="spare", run_id="r", worker_id="gw0", created=1.0, pristine='{"counters":{},"digest":"ab"}')
+    assert '"pristine":' in spare.encode()
+    assert Marker.decode(spare.encode()) == spare
+    assert Marker.decode(plain.encode()) == plain

@@ -406,3 +406,43 @@ def test_a_report_filled_while_working_renders() -> None:
     assert report == replace(worker("gw0", clone_seconds=0.0), dropped=["cdb_gw0"])
     assert summarize([report]).starting("clones") == [f"clones ({METHOD}): gw0 0.000s"]
     assert summarize([report]).starting("gw0") == ["gw0: ok — 0 checks, dropped"]
+
+
+def test_spares_handed_on_and_one_that_was_not() -> None:
+    reports = [
+        worker("gw0", spare_claimed=True, dropped=[], handed_on="cdb_gw0", hand_on_seconds=0.12, check_seconds=0.01),
+        worker(
+            "gw1",
+            spare_claimed=True,
+            hand_on_seconds=0.10,
+            hand_on_skipped="its rows or schema changed",
+            drop_seconds=0.40,
+        ),
+    ]
+    terminal = summarize(reports)
+    assert terminal.starting("spares for the next run:") == [
+        "spares for the next run: 1 handed on untouched (checked equal to the template: gw0 0.12s)"
+    ]
+    assert [line for line in terminal.lines if line[1] == {"yellow": True}] == [
+        ("spares: gw1 dropped its database instead of handing it on: its rows or schema changed", {"yellow": True})
+    ]
+    assert terminal.starting("teardown") == [
+        "teardown (slowest, gw1): isolation checks 0.00s, checking to hand on 0.10s, drop 0.40s"
+    ]
+    assert "gw0: ok — 0 checks, handed on" in terminal.texts
+    rows = [" ".join(t.split()) for t in terminal.texts if t.startswith("  ")]
+    assert "hand on 2 0.100 0.110 0.120" in rows
+    assert "drop 1 0.400 0.400 0.400" in rows
+    alone = summarize([reports[0]])
+    assert alone.starting("teardown") == ["teardown (slowest, gw0): isolation checks 0.01s, handing on 0.12s"]
+
+
+def test_spares_handed_on_and_made_share_one_line() -> None:
+    reports = [
+        worker("gw0", dropped=[], handed_on="cdb_gw0", hand_on_seconds=0.12),
+        worker("gw1", spares_made=1, spare_seconds=0.75),
+    ]
+    assert summarize(reports).starting("spares for the next run:") == [
+        "spares for the next run: 1 handed on untouched (checked equal to the template: gw0 0.12s); "
+        "1 made in the background while the tests ran (gw1 0.75s)"
+    ]

@@ -1,0 +1,137 @@
+"""Handing an untouched database on: a worker's database that its tests left equal to the
+template becomes the next run's spare, instead of being dropped while another copy is made.
+
+A run's worker that took over a spare (:func:`.spares.claim_spare`) usually gives back a
+database whose rows and schema are those of its template: a Django ``TestCase``, a
+transaction rolled back after each test, or a test that only reads leave nothing behind but
+moved counters (sequences, ``AUTO_INCREMENT``; a rolled-back insert does not undo them).  At
+teardown the worker reads the database's state (:meth:`~.backends.Backend.database_state`:
+a digest of the schema and of every row, the counters apart) and compares it with the state
+the spare had when it was known equal to the template (its marker's ``pristine``, read when it
+was copied).  If they are equal and no other session is on it, the counters are set back and
+the database is marked as a spare again (same name, same build of the template): the next run
+takes it over in milliseconds, and neither run copies nor drops a database.  Anything else
+(a row, a table, a column, an index, a view changed, another session still on it, any error)
+and it is dropped as before.
+
+:class:`HandOnHistory` remembers, per template and machine, how the last attempts went: after
+a run whose database had changed, the next runs make their spares by copying in the
+background again (a suite whose tests commit would otherwise go without spares every other
+run), and handing on is tried again after :data:`HISTORY` such runs.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import os
+from dataclasses import dataclass
+
+from .backends import Backend, Marker
+from .markers import new_marker
+from .template import Template
+
+__all__ = ["HandOnHistory", "Pristine", "hand_on", "read_pristine"]
+
+#: how many recent outcomes :class:`HandOnHistory` keeps
+HISTORY = 3
+
+
+@dataclass(frozen=True)
+class Pristine:
+    """The state of a database known equal to its template: what a spare's marker keeps."""
+
+    digest: str
+    counters: dict[str, int]
+
+    def encode(self) -> str:
+        return json.dumps({"digest": self.digest, "counters": self.counters}, sort_keys=True, separators=(",", ":"))
+
+    @classmethod
+    def decode(cls, text: str) -> Pristine | None:
+        """The state in a marker's ``pristine`` field; None if empty or not ours."""
+        try:
+            data = json.loads(text)
+            digest, counters = data["digest"], data["counters"]
+        except (ValueError, TypeError, KeyError):
+            return None
+        if not isinstance(digest, str) or not digest or not isinstance(counters, dict):
+            return None
+        if not all(isinstance(k, str) and isinstance(v, int) for k, v in counters.items()):
+            return None
+        return cls(digest, dict(counters))
+
+
+def read_pristine(backend: Backend, name: str) -> str:
+    """The encoded state of database ``name``, just copied from its template (empty when the
+    backend does not hand databases on, or the state cannot be read: the spare is then only
+    taken over once)."""
+    try:
+        state = backend.database_state(name)
+    except Exception:
+        return ""
+    if state is None or state.sessions:
+        return ""
+    return Pristine(state.digest, state.counters).encode()
+
+
+def hand_on(
+    backend: Backend, template: Template, name: str, pristine: Pristine, *, run_id: str, worker_id: str, wanted: int
+) -> tuple[str, str]:
+    """Make database ``name`` (whose lock ``backend`` holds) a spare of ``template`` for
+    ``worker_id`` again if it still equals ``pristine``, releasing its lock.  Returns
+    (outcome, why): ``clean`` (handed on), ``changed`` (the tests changed it, or left a session
+    on it) or ``skipped`` (enough spares already); the caller drops it unless ``clean``.
+    ``wanted``: spares per worker."""
+    state = backend.database_state(name)
+    if state is None:
+        return "skipped", "the backend does not hand databases on"
+    if state.sessions:
+        return "changed", f"other sessions are on it: {', '.join(state.sessions[:3])}"
+    if state.digest != pristine.digest:
+        return "changed", "its rows or schema changed"
+    from .spares import is_spare
+
+    have = [
+        i
+        for i in backend.list_databases(template.site.own_prefix, sizes=False)
+        if i.name != name and is_spare(i.marker, template, worker_id)
+    ]
+    if len(have) >= wanted:
+        return "skipped", f"{worker_id} has {len(have)} spare{'s' if len(have) != 1 else ''} already"
+    backend.reset_counters(name, state.counters, pristine.counters)
+    marker: Marker = new_marker(
+        "spare", run_id, worker_id, template.name, fingerprint=template.build_id, pristine=pristine.encode()
+    )
+    backend.set_marker(name, marker)
+    backend.release_lock(f"clone:{name}")
+    return "clean", ""
+
+
+class HandOnHistory:
+    """How the latest attempts to hand a database of one template on went, on this machine
+    (a small JSON file beside the copy times of :class:`.spares.CopyHistory`): ``clean``,
+    ``changed`` (the tests left it changed), or ``copied`` (a run that made its spare by
+    copying).  Best effort: a file that cannot be read or written is an empty history."""
+
+    def __init__(self, template: Template) -> None:
+        self.path = template.site.directories.templates / "copies" / f"{template.name}.handon.json"
+
+    def read(self) -> list[str]:
+        try:
+            data = json.loads(self.path.read_text())
+        except (OSError, ValueError):
+            return []
+        return [str(x) for x in data][-HISTORY:] if isinstance(data, list) else []
+
+    def add(self, outcome: str) -> None:
+        outcomes = [*self.read(), outcome][-HISTORY:]
+        with contextlib.suppress(OSError):
+            self.path.parent.mkdir(parents=True, exist_ok=True)
+            temporary = self.path.with_name(f"{self.path.name}.{os.getpid()}.tmp")
+            temporary.write_text(json.dumps(outcomes))
+            os.replace(temporary, self.path)
+
+    def worth_trying(self) -> bool:
+        """True unless one of the latest :data:`HISTORY` runs found its database changed."""
+        return "changed" not in self.read()
