@@ -191,10 +191,11 @@ def worker_database(
     block raises (the exception reaches the caller unchanged).
 
     While the block runs, this process holds the clone's lock: no other run reaps it.
-    ``spares`` (PostgreSQL, MySQL; off by default outside pytest): ``1`` (or ``auto``: only
-    once a copy proved slow) also copies the template in the background into a spare that
-    the next ``worker_database`` call with the same ``worker_id`` takes over in
-    milliseconds; the block's exit waits for it.
+    ``spares`` (PostgreSQL, MySQL; off by default outside pytest): ``1`` (or ``auto``, as
+    ``--concurrent-db-spares auto``) also keeps a spare that the next ``worker_database`` call
+    with the same ``worker_id`` takes over in milliseconds: the database of a block that took
+    one over and left it untouched, handed on at the exit, or else a copy made in the
+    background (the block's exit waits for it).
     """
     if spares != "auto" and (isinstance(spares, bool) or not isinstance(spares, int) or spares < 0):
         raise ConfigError(f"spares must be a whole number >= 0 or 'auto', not {spares!r}")

@@ -89,10 +89,10 @@ OPTIONS: tuple[Option, ...] = (
         "spares",
         "spares",
         "auto",
-        "PostgreSQL/MySQL: pristine clones per worker made in the background while the tests run, "
-        "so that the next run starts without copying: auto (1 once copies take 0.25 s on MySQL, 1 s on PostgreSQL: "
-        "the median of the latest three), "
-        "a number, or 0 for none",
+        "PostgreSQL/MySQL: pristine clones per worker for the next run, which then starts without copying "
+        "(copied in the background while the tests run, or a database the tests left untouched, handed on): "
+        "auto (1; after a run whose tests changed their database, for three runs only once copies take "
+        "0.25 s on MySQL, 1 s on PostgreSQL: the median of the latest three), a number, or 0 for none",
         metavar="N|auto",
     ),
     Option(

@@ -12,7 +12,8 @@ was copied).  If they are equal and no other session is on it, the counters are 
 the database is marked as a spare again (same name, same build of the template): the next run
 takes it over in milliseconds, and neither run copies nor drops a database.  Anything else
 (a row, a table, a column, an index, a view changed, another session still on it, any error)
-and it is dropped as before.
+and it is dropped as before.  A database whose state took more than :data:`MAX_READ_SECONDS` to
+read (large tables) is not handed on: its spare is copied in the background as before.
 
 :class:`HandOnHistory` remembers, per template and machine, how the last attempts went: after
 a run whose database had changed, the next runs make their spares by copying in the
@@ -25,6 +26,7 @@ from __future__ import annotations
 import contextlib
 import json
 import os
+import time
 from dataclasses import dataclass
 
 from .backends import Backend, Marker
@@ -35,6 +37,10 @@ __all__ = ["HandOnHistory", "Pristine", "hand_on", "read_pristine"]
 
 #: how many recent outcomes :class:`HandOnHistory` keeps
 HISTORY = 3
+#: a database whose state took longer than this to read (seconds; large tables: every row is
+#: hashed), and longer than copying it took, is not handed on: a copy made in the background while
+#: the tests run costs the run less
+MAX_READ_SECONDS = 1.0
 
 
 @dataclass(frozen=True)
@@ -43,9 +49,24 @@ class Pristine:
 
     digest: str
     counters: dict[str, int]
+    #: how long reading it took, and how long copying it took when it was made
+    seconds: float = 0.0
+    copy_seconds: float = 0.0
 
     def encode(self) -> str:
-        return json.dumps({"digest": self.digest, "counters": self.counters}, sort_keys=True, separators=(",", ":"))
+        fields = {
+            "digest": self.digest,
+            "counters": self.counters,
+            "seconds": round(self.seconds, 3),
+            "copy_seconds": round(self.copy_seconds, 3),
+        }
+        return json.dumps(fields, sort_keys=True, separators=(",", ":"))
+
+    @property
+    def quick(self) -> bool:
+        """Whether reading it is worth doing again at teardown: quicker than
+        :data:`MAX_READ_SECONDS` or than copying it (both slow down alike on a busy machine)."""
+        return self.seconds <= max(MAX_READ_SECONDS, self.copy_seconds)
 
     @classmethod
     def decode(cls, text: str) -> Pristine | None:
@@ -53,26 +74,30 @@ class Pristine:
         try:
             data = json.loads(text)
             digest, counters = data["digest"], data["counters"]
-        except (ValueError, TypeError, KeyError):
+            seconds, copy_seconds = data.get("seconds", 0.0), data.get("copy_seconds", 0.0)
+        except (ValueError, TypeError, KeyError, AttributeError):
             return None
         if not isinstance(digest, str) or not digest or not isinstance(counters, dict):
             return None
         if not all(isinstance(k, str) and isinstance(v, int) for k, v in counters.items()):
             return None
-        return cls(digest, dict(counters))
+        if any(isinstance(x, bool) or not isinstance(x, (int, float)) for x in (seconds, copy_seconds)):
+            return None
+        return cls(digest, dict(counters), float(seconds), float(copy_seconds))
 
 
-def read_pristine(backend: Backend, name: str) -> str:
-    """The encoded state of database ``name``, just copied from its template (empty when the
-    backend does not hand databases on, or the state cannot be read: the spare is then only
-    taken over once)."""
+def read_pristine(backend: Backend, name: str, copy_seconds: float) -> str:
+    """The encoded state of database ``name``, just copied from its template in ``copy_seconds``
+    (empty when the backend does not hand databases on, or the state cannot be read: the spare
+    is then only taken over once)."""
+    started = time.perf_counter()
     try:
         state = backend.database_state(name)
     except Exception:
         return ""
     if state is None or state.sessions:
         return ""
-    return Pristine(state.digest, state.counters).encode()
+    return Pristine(state.digest, state.counters, time.perf_counter() - started, copy_seconds).encode()
 
 
 def hand_on(
@@ -83,7 +108,9 @@ def hand_on(
     (outcome, why): ``clean`` (handed on), ``changed`` (the tests changed it, or left a session
     on it) or ``skipped`` (enough spares already); the caller drops it unless ``clean``.
     ``wanted``: spares per worker."""
+    started = time.perf_counter()
     state = backend.database_state(name)
+    seconds = time.perf_counter() - started
     if state is None:
         return "skipped", "the backend does not hand databases on"
     if state.sessions:
@@ -100,8 +127,9 @@ def hand_on(
     if len(have) >= wanted:
         return "skipped", f"{worker_id} has {len(have)} spare{'s' if len(have) != 1 else ''} already"
     backend.reset_counters(name, state.counters, pristine.counters)
+    kept = Pristine(pristine.digest, pristine.counters, seconds, pristine.copy_seconds)  # this reading decides next
     marker: Marker = new_marker(
-        "spare", run_id, worker_id, template.name, fingerprint=template.build_id, pristine=pristine.encode()
+        "spare", run_id, worker_id, template.name, fingerprint=template.build_id, pristine=kept.encode()
     )
     backend.set_marker(name, marker)
     backend.release_lock(f"clone:{name}")

@@ -245,14 +245,12 @@ class SpareMaker:
             state="building",
             fingerprint=self.template.build_id,
         )
-        make_locked(
-            backend,
-            self.template,
-            name,
-            marker,
-            keep_lock=False,
-            annotate=lambda final: replace(final, pristine=read_pristine(backend, name)),
-        )
+        started = time.perf_counter()
+
+        def annotate(final: Marker) -> Marker:  # the state it has now, just copied
+            return replace(final, pristine=read_pristine(backend, name, time.perf_counter() - started))
+
+        make_locked(backend, self.template, name, marker, keep_lock=False, annotate=annotate)
 
     def wait(self) -> None:
         """Wait until the spares are made (they are left for the next run)."""

@@ -128,7 +128,7 @@ class WorkerDatabases:
         tests changed theirs), or copy a spare in the background now if spares pay off."""
         history = HandOnHistory(template)
         worth_trying = history.worth_trying()
-        if pristine is not None and worth_trying:
+        if pristine is not None and pristine.quick and worth_trying:
             self._hand_on = pristine
             return
         if not worth_trying:

@@ -30,13 +30,15 @@ REQUIRE_BACKENDS = os.environ.get("CONCURRENT_DB_REQUIRE_BACKENDS", "") not in (
 _probe_cache: dict[str, str | None] = {}
 
 
-def drop_ours(backend: Any, prefix: str) -> None:
+def drop_ours(backend: Any, prefix: str) -> dict[str, Any]:
     """Drop every database carrying our marker whose name starts with ``prefix``, then close
-    ``backend`` (a test's cleanup: unmarked databases are never ours to drop)."""
+    ``backend`` (a test's cleanup: unmarked databases are never ours to drop).  Returns the
+    marked ones still there after the drops (name -> marker; one made meanwhile, say)."""
     try:
         for info in backend.list_databases(prefix):
             if info.marker is not None:
                 backend.drop(info.name)
+        return {i.name: i.marker for i in backend.list_databases(prefix) if i.marker is not None}
     finally:
         backend.close()
 

@@ -120,12 +120,7 @@ class Project:
         for attempt in range(3):
             if attempt:
                 time.sleep(2)
-            drop_ours(self._backend(), prefix)
-            backend = self._backend()
-            try:
-                left = {i.name: i.marker for i in backend.list_databases(prefix) if i.marker is not None}
-            finally:
-                backend.close()
+            left = drop_ours(self._backend(), prefix)
             if not left:
                 return
         raise AssertionError(f"marked databases of the project stay after three sweeps: {left}")

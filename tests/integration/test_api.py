@@ -332,9 +332,16 @@ def test_worker_database_spares_are_taken_over_by_the_next_call(target: Target) 
     assert spares() >= made
     with worker_database(template, "job", spares=1) as second:
         assert second.name in made  # taken over: no copy
-        assert items(second) == PRISTINE
+        assert items(second) == PRISTINE  # only read: handed on at the exit
     left = spares()
-    assert len(left) == 2  # the next ones, for "job" and "other"
+    assert len(left) == 2  # the next ones: for "job" the same database, handed on; for "other" a copy
+    assert made <= left
+    with worker_database(template, "job", spares=1) as third:
+        assert third.name in made  # the same database once more
+        assert items(third) == PRISTINE
+        run(third, "DELETE FROM item")  # changed: dropped at the exit, not handed on
+    left = spares()
+    assert len(left) == 1  # "other"'s
     assert not left & made
     backend = target._backend()
     try:

@@ -8,13 +8,23 @@ from types import SimpleNamespace
 
 import pytest
 
-from pytest_concurrent_db.recycle import HISTORY, HandOnHistory, Pristine
+from pytest_concurrent_db.recycle import HISTORY, MAX_READ_SECONDS, HandOnHistory, Pristine
 
 
 def test_pristine_state_round_trips() -> None:
-    state = Pristine("0123abcd", {"public.book_id_seq": 7, "author": 2})
+    state = Pristine("0123abcd", {"public.book_id_seq": 7, "author": 2}, 0.125, 2.5)
     assert Pristine.decode(state.encode()) == state
-    assert state.encode() == '{"counters":{"author":2,"public.book_id_seq":7},"digest":"0123abcd"}'
+    assert state.encode() == (
+        '{"copy_seconds":2.5,"counters":{"author":2,"public.book_id_seq":7},"digest":"0123abcd","seconds":0.125}'
+    )
+    assert Pristine.decode('{"counters":{},"digest":"ab"}') == Pristine("ab", {}, 0.0, 0.0)
+
+
+def test_only_a_state_read_quicker_than_a_second_or_than_its_copy_is_read_again() -> None:
+    assert Pristine("ab", {}, MAX_READ_SECONDS).quick
+    assert not Pristine("ab", {}, MAX_READ_SECONDS + 0.5).quick
+    assert Pristine("ab", {}, MAX_READ_SECONDS + 0.5, copy_seconds=MAX_READ_SECONDS + 1).quick  # a busy machine
+    assert not Pristine("ab", {}, 5.0, copy_seconds=4.0).quick  # large tables: a copy costs less
 
 
 @pytest.mark.parametrize(
@@ -30,6 +40,9 @@ def test_pristine_state_round_trips() -> None:
         '{"digest": 5, "counters": {}}',
         '{"digest": "ab", "counters": []}',
         '{"digest": "ab", "counters": {"t": "7"}}',
+        '{"digest": "ab", "counters": {}, "seconds": "1"}',
+        '{"digest": "ab", "counters": {}, "seconds": true}',
+        '{"digest": "ab", "counters": {}, "copy_seconds": null}',
     ],
 )
 def test_a_state_that_is_not_ours_is_none(text: str) -> None:
