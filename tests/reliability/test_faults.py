@@ -147,7 +147,9 @@ def victim_and_before(backend_url: DatabaseURL) -> Iterator[tuple[Backend, str, 
     backend.heartbeat = 0  # type: ignore[attr-defined]
     name = f"cdb_flt{token}_victim"
     backend.preflight()
-    backend.create(name, Marker(kind="clone", run_id=token, worker_id="gw0"))
+    # a ready template's marker: while the session is gone its lock is free, and a concurrent run's
+    # reaper (every run reaps dead runs' clones on the whole server) would take a clone for dead
+    backend.create(name, Marker(kind="template", run_id=token, state="ready"))
     key = f"clone:{name}"
     assert backend.try_lock(key)
     yield backend, name, key, before
