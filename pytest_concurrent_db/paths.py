@@ -9,16 +9,19 @@ on where a project's templates are.
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
+import json
 import os
 import shutil
 import tempfile
+from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
 from .url import DatabaseURL
 
-__all__ = ["CACHE_SUBDIR", "Directories", "server_lock_dir"]
+__all__ = ["CACHE_SUBDIR", "Directories", "read_json_list", "server_lock_dir", "write_json_list"]
 
 #: Where pytest's cache plugin keeps ``config.cache.mkdir("concurrent_db")``, relative to the root.
 CACHE_SUBDIR = Path(".pytest_cache") / "d" / "concurrent_db"
@@ -79,3 +82,22 @@ class Directories:
         """Remove the temporary clone directory if it is ours and nothing is left in it."""
         if self.scratch and self.clones.is_dir() and not any(self.clones.iterdir()):
             shutil.rmtree(self.clones, ignore_errors=True)
+
+
+def read_json_list(path: Path) -> list[object]:
+    """The JSON list in file ``path`` (a small history of ours); empty if it cannot be read
+    or is not a list."""
+    try:
+        data = json.loads(path.read_text())
+    except (OSError, ValueError):
+        return []
+    return data if isinstance(data, list) else []
+
+
+def write_json_list(path: Path, items: Sequence[object]) -> None:
+    """Replace file ``path`` with ``items`` as JSON, atomically; best effort (an error is ignored)."""
+    with contextlib.suppress(OSError):
+        path.parent.mkdir(parents=True, exist_ok=True)
+        temporary = path.with_name(f"{path.name}.{os.getpid()}.tmp")
+        temporary.write_text(json.dumps(list(items)))
+        os.replace(temporary, path)

@@ -23,14 +23,13 @@ run), and handing on is tried again after :data:`HISTORY` such runs.
 
 from __future__ import annotations
 
-import contextlib
 import json
-import os
 import time
 from dataclasses import dataclass
 
 from .backends import Backend, Marker
 from .markers import new_marker
+from .paths import read_json_list, write_json_list
 from .template import Template
 
 __all__ = ["HandOnHistory", "Pristine", "hand_on", "read_pristine"]
@@ -137,28 +136,20 @@ def hand_on(
 
 
 class HandOnHistory:
-    """How the latest attempts to hand a database of one template on went, on this machine
+    """How the latest attempts of one worker id to hand a database of one template on went, on this machine
     (a small JSON file beside the copy times of :class:`.spares.CopyHistory`): ``clean``,
     ``changed`` (the tests left it changed), or ``copied`` (a run that made its spare by
     copying).  Best effort: a file that cannot be read or written is an empty history."""
 
-    def __init__(self, template: Template) -> None:
-        self.path = template.site.directories.templates / "copies" / f"{template.name}.handon.json"
+    def __init__(self, template: Template, worker_id: str) -> None:
+        # one file per worker id: each worker adds one outcome per run, so three are three runs
+        self.path = template.site.directories.templates / "copies" / f"{template.name}.{worker_id}.handon.json"
 
     def read(self) -> list[str]:
-        try:
-            data = json.loads(self.path.read_text())
-        except (OSError, ValueError):
-            return []
-        return [str(x) for x in data][-HISTORY:] if isinstance(data, list) else []
+        return [str(x) for x in read_json_list(self.path)][-HISTORY:]
 
     def add(self, outcome: str) -> None:
-        outcomes = [*self.read(), outcome][-HISTORY:]
-        with contextlib.suppress(OSError):
-            self.path.parent.mkdir(parents=True, exist_ok=True)
-            temporary = self.path.with_name(f"{self.path.name}.{os.getpid()}.tmp")
-            temporary.write_text(json.dumps(outcomes))
-            os.replace(temporary, self.path)
+        write_json_list(self.path, [*self.read(), outcome][-HISTORY:])
 
     def worth_trying(self) -> bool:
         """True unless one of the latest :data:`HISTORY` runs found its database changed."""

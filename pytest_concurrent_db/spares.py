@@ -19,8 +19,6 @@ pool is swept by its run's controller or reaped by the next run, and ``prune`` r
 from __future__ import annotations
 
 import contextlib
-import json
-import os
 import threading
 import time
 from collections import deque
@@ -31,6 +29,7 @@ from .backends import Backend, Marker
 from .errors import ConcurrentDBError
 from .markers import new_marker, ready
 from .naming import fresh_name, spare_name
+from .paths import read_json_list, write_json_list
 from .recycle import Pristine, read_pristine
 from .template import Template
 
@@ -95,20 +94,12 @@ class CopyHistory:
         self.path = template.site.directories.templates / "copies" / f"{template.name}.json"
 
     def read(self) -> list[float]:
-        try:
-            data = json.loads(self.path.read_text())
-        except (OSError, ValueError):
-            return []
-        return [float(x) for x in data if isinstance(x, (int, float))][-HISTORY * 2 :] if isinstance(data, list) else []
+        return [float(x) for x in read_json_list(self.path) if isinstance(x, (int, float))][-HISTORY * 2 :]
 
     def add(self, seconds: float) -> list[float]:
         """Record one copy; returns the history with it."""
         copies = [*self.read(), round(seconds, 4)][-HISTORY * 2 :]
-        with contextlib.suppress(OSError):
-            self.path.parent.mkdir(parents=True, exist_ok=True)
-            temporary = self.path.with_name(f"{self.path.name}.{os.getpid()}.tmp")
-            temporary.write_text(json.dumps(copies))
-            os.replace(temporary, self.path)
+        write_json_list(self.path, copies)
         return copies
 
 

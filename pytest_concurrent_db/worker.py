@@ -126,7 +126,7 @@ class WorkerDatabases:
     def _plan_spares(self, template: Template, count: int, pristine: Pristine | None) -> None:
         """Hand this database on at teardown (a spare that was pristine, unless a recent run's
         tests changed theirs), or copy a spare in the background now if spares pay off."""
-        history = HandOnHistory(template)
+        history = HandOnHistory(template, self.worker_id)
         worth_trying = history.worth_trying()
         if pristine is not None and pristine.quick and worth_trying:
             self._hand_on = pristine
@@ -235,7 +235,7 @@ class WorkerDatabases:
             outcome, why = "skipped", f"could not compare it with the template: {reason}"
         self.stats.hand_on_seconds = time.perf_counter() - started
         if outcome != "skipped":
-            HandOnHistory(self.template).add(outcome)
+            HandOnHistory(self.template, self.worker_id).add(outcome)
         if outcome == "clean":
             self.stats.handed_on = name
             return True

@@ -52,7 +52,7 @@ def test_a_state_that_is_not_ours_is_none(text: str) -> None:
 
 def _history(tmp_path: Path) -> HandOnHistory:
     site = SimpleNamespace(directories=SimpleNamespace(templates=tmp_path))
-    return HandOnHistory(SimpleNamespace(site=site, name="cdb_app_tpl_0123"))  # type: ignore[arg-type]
+    return HandOnHistory(SimpleNamespace(site=site, name="cdb_app_tpl_0123"), "gw0")  # type: ignore[arg-type]
 
 
 def test_after_a_changed_database_handing_on_waits_three_runs(tmp_path: Path) -> None:
@@ -78,3 +78,15 @@ def test_an_unreadable_history_is_empty(tmp_path: Path) -> None:
     assert history.worth_trying()
     history.path.write_text('{"a": 1}')
     assert history.read() == []
+
+
+def test_each_worker_id_keeps_its_own_history(tmp_path: Path) -> None:
+    """One outcome per worker per run: another worker's runs do not shorten the wait."""
+    site = SimpleNamespace(directories=SimpleNamespace(templates=tmp_path))
+    template = SimpleNamespace(site=site, name="cdb_app_tpl_0123")
+    gw0, gw1 = HandOnHistory(template, "gw0"), HandOnHistory(template, "gw1")  # type: ignore[arg-type]
+    gw0.add("changed")
+    for _ in range(HISTORY):
+        gw1.add("copied")
+    assert not gw0.worth_trying()
+    assert gw1.worth_trying()
