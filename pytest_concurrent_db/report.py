@@ -58,6 +58,8 @@ class WorkerReport:
     hand_on_seconds: float = 0.0
     #: why the spare this process took over was not handed on (dropped instead)
     hand_on_skipped: str = ""
+    #: why the spare this process took over was not even checked to be handed on (dropped)
+    hand_on_unchecked: str = ""
     #: fresh databases (``concurrent_db_fresh``) handed to tests, from a pool of ``fresh_pool``
     fresh_used: int = 0
     fresh_pool: int = 0

@@ -232,6 +232,8 @@ def _verdict_line(report: WorkerReport, *, keep: bool) -> tuple[str, dict[str, b
         parts.append(
             "kept" if keep else "dropped" if report.dropped else "handed on" if report.handed_on else "not dropped"
         )
+        if report.hand_on_unchecked and not keep:
+            parts[-1] += f" (not checked to hand on: {report.hand_on_unchecked})"
     return f"{report.worker_id}: {verdict} — {', '.join(parts)}" if parts else f"{report.worker_id}: {verdict}", markup
 
 

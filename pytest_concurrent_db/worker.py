@@ -18,7 +18,7 @@ from .backends import Backend
 from .clones import ConcurrentDatabase, drop_clone, handle, keep_clone, make_clone
 from .janitor import Janitor
 from .progress import BuildProgress
-from .recycle import HandOnHistory, Pristine, hand_on
+from .recycle import MAX_READ_SECONDS, HandOnHistory, Pristine, hand_on
 from .report import WorkerReport
 from .site import Site
 from .snapshot import record_snapshot
@@ -131,6 +131,8 @@ class WorkerDatabases:
         if pristine is not None and pristine.quick and worth_trying:
             self._hand_on = pristine
             return
+        if self.stats.spare_claimed:
+            self.stats.hand_on_unchecked = _unchecked(pristine, worth_trying)
         if not worth_trying:
             history.add("copied")
         copies: list[float] = []
@@ -255,3 +257,16 @@ class WorkerDatabases:
         self.close_pool()
         self.wait_for_spares()
         self.backend.close()
+
+
+def _unchecked(pristine: Pristine | None, worth_trying: bool) -> str:
+    """Why a spare taken over is dropped at teardown without checking it (see ``_plan_spares``)."""
+    if pristine is None:
+        return "its state was not read when it was copied"
+    if not pristine.quick:
+        return (
+            f"reading its state took {pristine.seconds:.2f}s when it was copied "
+            f"(more than {MAX_READ_SECONDS:g}s and than the copy, {pristine.copy_seconds:.2f}s)"
+        )
+    assert not worth_trying
+    return "a recent run's tests changed their database"

@@ -102,7 +102,11 @@ def test_next_run_takes_over_the_spares_made_while_the_tests_ran(server_project:
     assert not set().union(*used.values()) & set().union(*used_first.values())
     # the tests committed rows: the taken-over spares were dropped like clones, not handed on,
     # and this run made no spare (the next one copies, and makes its spares in the background)
-    assert text.count("dropped its database instead of handing it on: its rows or schema changed") == 2, text
+    # (a spare whose state took long to read when it was copied, on a busy machine, is dropped
+    # unchecked: its worker line says so)
+    checked = text.count("dropped its database instead of handing it on: its rows or schema changed")
+    unchecked = len(re.findall(r"^gw[01]: ok — \d+ checks, dropped \(not checked to hand on: ", text, re.M))
+    assert (checked, checked + unchecked) in {(2, 2), (1, 2)}, text
     assert "dropped: 2 databases" in text
     assert project.spares() == {}
     assert project.clones() == []

@@ -90,3 +90,15 @@ def test_each_worker_id_keeps_its_own_history(tmp_path: Path) -> None:
         gw1.add("copied")
     assert not gw0.worth_trying()
     assert gw1.worth_trying()
+
+
+def test_a_spare_dropped_unchecked_names_the_rule() -> None:
+    from pytest_concurrent_db.worker import _unchecked
+
+    assert _unchecked(None, True) == "its state was not read when it was copied"
+    slow = Pristine("d" * 32, {}, 1.3, 0.28)
+    assert _unchecked(slow, True) == (
+        "reading its state took 1.30s when it was copied (more than 1s and than the copy, 0.28s)"
+    )
+    quick = Pristine("d" * 32, {}, 0.05, 0.28)
+    assert _unchecked(quick, False) == "a recent run's tests changed their database"

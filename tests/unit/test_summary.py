@@ -437,6 +437,15 @@ def test_spares_handed_on_and_one_that_was_not() -> None:
     assert alone.starting("teardown") == ["teardown (slowest, gw0): isolation checks 0.01s, handing on 0.12s"]
 
 
+def test_a_spare_dropped_unchecked_says_why_on_its_worker_line() -> None:
+    why = "reading its state took 1.30s when it was copied (more than 1s and than the copy, 0.28s)"
+    report = worker("gw0", spare_claimed=True, hand_on_unchecked=why)
+    terminal = summarize([report])
+    assert terminal.starting("gw0") == [f"gw0: ok — 0 checks, dropped (not checked to hand on: {why})"]
+    assert not [line for line in terminal.lines if line[1] == {"yellow": True}]  # a rule, not a fault
+    assert summarize([report], keep=True).starting("gw0") == ["gw0: ok — 0 checks, kept"]
+
+
 def test_spares_handed_on_and_made_share_one_line() -> None:
     reports = [
         worker("gw0", dropped=[], handed_on="cdb_gw0", hand_on_seconds=0.12),
