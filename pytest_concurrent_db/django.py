@@ -45,7 +45,7 @@ from .django_common import (
 from .django_fresh import FreshDjango, wants_fresh
 from .errors import ConcurrentDBError
 from .fixtures import report_isolation
-from .state import PluginState, get_state
+from .state import PluginState, get_state, runs_xdist
 from .worker import WorkerDatabases
 
 __all__ = [
@@ -92,8 +92,8 @@ def pytest_sessionstart(session: pytest.Session) -> None:
         databases = integration.databases_for(signature, aliases[0], required=False)
         if databases is None:
             continue
-        try:
-            databases.preflight()
+        try:  # an xdist controller reaps while its workers start
+            databases.preflight(reap_in_background=runs_xdist(session.config))
         except ConcurrentDBError as exc:
             raise pytest.UsageError(server_error(exc, aliases[0])) from None
 

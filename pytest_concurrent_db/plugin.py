@@ -28,7 +28,7 @@ from .naming import new_run_id
 from .progress_display import ProgressDisplay, display_mode, new_progress_dir
 from .report import WorkerReport
 from .settings import OPTIONS, Settings, check_url_for_xdist, resolve, resolve_one
-from .state import STATE_KEY, PluginState, get_state
+from .state import STATE_KEY, PluginState, get_state, runs_xdist
 from .summary import write_summary
 
 __all__ = [
@@ -81,13 +81,7 @@ def _is_worker(config: pytest.Config) -> bool:
     return hasattr(config, "workerinput")
 
 
-def _runs_xdist(config: pytest.Config) -> bool:
-    """True in the controller of a distributed run (before or after xdist configured)."""
-    if _is_worker(config):
-        return True
-    numprocesses = getattr(config.option, "numprocesses", None)
-    dist = getattr(config.option, "dist", "no")
-    return bool(numprocesses) or dist not in (None, "no")
+_runs_xdist = runs_xdist
 
 
 @pytest.hookimpl(tryfirst=True)
@@ -200,8 +194,8 @@ def pytest_sessionstart(session: pytest.Session) -> None:
     state = get_state(session.config)
     if not state.settings.enabled or state.is_worker:
         return
-    try:
-        state.get_databases().preflight()
+    try:  # the reap is not needed before the workers start: it runs while they do
+        state.get_databases().preflight(reap_in_background=_runs_xdist(session.config))
     except ConcurrentDBError as exc:
         state.close()
         state.databases = None
@@ -288,12 +282,17 @@ def pytest_sessionfinish(session: pytest.Session) -> None:
     try:
         if state.is_worker:
             session.config.workeroutput["concurrent_db"] = [r.to_wire() for r in state.reports()]  # type: ignore[attr-defined]
-        elif not state.settings.keep:
+        else:
+            terminal = session.config.pluginmanager.get_plugin("terminalreporter")
             for databases in state.all_databases():
+                problem = databases.wait_for_reap()
+                if problem and terminal is not None:
+                    terminal.write_line(f"concurrent-db: reaping dead runs' databases failed: {problem}", yellow=True)
+                if state.settings.keep:
+                    continue
                 try:
                     state.swept.extend(databases.sweep_run())
                 except ConcurrentDBError as exc:
-                    terminal = session.config.pluginmanager.get_plugin("terminalreporter")
                     if terminal is not None:
                         terminal.write_line(f"concurrent-db: cleanup failed: {exc.describe()}", yellow=True)
     finally:

@@ -249,6 +249,16 @@ class WorkerConnection:
                 self._connection = None
 
 
+def runs_xdist(config: pytest.Config) -> bool:
+    """True in an xdist worker and in the controller of a distributed run (before or after
+    xdist configured)."""
+    if hasattr(config, "workerinput"):
+        return True
+    numprocesses = getattr(config.option, "numprocesses", None)
+    dist = getattr(config.option, "dist", "no")
+    return bool(numprocesses) or dist not in (None, "no")
+
+
 STATE_KEY = pytest.StashKey[PluginState]()
 
 

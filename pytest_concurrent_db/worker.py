@@ -11,11 +11,13 @@ and the Django integration use one per database; the public API
 
 from __future__ import annotations
 
+import threading
 import time
 from collections.abc import Sequence
 
 from .backends import Backend
 from .clones import ConcurrentDatabase, drop_clone, handle, keep_clone, make_clone
+from .errors import ConcurrentDBError
 from .janitor import Janitor
 from .progress import BuildProgress
 from .recycle import MAX_READ_SECONDS, HandOnHistory, Pristine, hand_on
@@ -48,11 +50,36 @@ class WorkerDatabases:
         self._hand_on: Pristine | None = None
         #: told when this process waits for, builds, or finds its template (None: nobody listens)
         self.progress: BuildProgress | None = None
+        self._reaper: threading.Thread | None = None
+        self._reap_error: Exception | None = None
 
-    def preflight(self) -> None:
-        """Connect, check privileges, and reap what dead runs left behind."""
+    def preflight(self, *, reap_in_background: bool = False) -> None:
+        """Connect, check privileges, and reap what dead runs left behind.
+
+        ``reap_in_background``: reap in a thread, for a process whose backend is otherwise idle
+        until :meth:`wait_for_reap` (an xdist controller: its workers start meanwhile)."""
         self.backend.preflight()
-        self.stats.reaped.extend(self.janitor.reap_dead())
+        if not reap_in_background:
+            self.stats.reaped.extend(self.janitor.reap_dead())
+            return
+        self._reaper = threading.Thread(target=self._reap, name="concurrent-db-reaper", daemon=True)
+        self._reaper.start()
+
+    def _reap(self) -> None:
+        try:
+            self.stats.reaped.extend(self.janitor.reap_dead())
+        except Exception as exc:  # reported by wait_for_reap
+            self._reap_error = exc
+
+    def wait_for_reap(self) -> str:
+        """Wait for a reap started by :meth:`preflight`; returns what went wrong (empty: nothing)."""
+        reaper, self._reaper = self._reaper, None
+        if reaper is not None:
+            reaper.join()
+        error, self._reap_error = self._reap_error, None
+        if error is None:
+            return ""
+        return error.describe() if isinstance(error, ConcurrentDBError) else f"{type(error).__name__}: {error}"
 
     def ensure_template(
         self, populators: Sequence[Populator], *, extra: Sequence[str] = (), rebuild: bool = False
@@ -253,7 +280,9 @@ class WorkerDatabases:
         return self.stats
 
     def close(self) -> None:
-        """Wait for the spares and the pool, then close the control connection (releasing its locks)."""
+        """Wait for the reaper, the spares and the pool, then close the control connection
+        (releasing its locks)."""
+        self.wait_for_reap()
         self.close_pool()
         self.wait_for_spares()
         self.backend.close()

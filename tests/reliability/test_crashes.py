@@ -9,7 +9,13 @@ import subprocess
 import sys
 import time
 from collections.abc import Callable
+from pathlib import Path
 
+import pytest
+
+from pytest_concurrent_db.errors import ConcurrentDBError
+from pytest_concurrent_db.url import DatabaseURL
+from tests.conftest import worker_databases
 from tests.integration.conftest import Project, summary
 
 SLOW_TESTS = """
@@ -143,3 +149,24 @@ def test_three_concurrent_runs_share_one_template(project: Project) -> None:
     reused = sum("reused (inputs unchanged)" in output for output in outputs)
     assert (built, reused) == (1, 2), outputs
     assert project.clones() == []
+
+
+def test_a_reap_in_the_background_says_what_went_wrong(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """An xdist controller reaps while its workers start: a failure is reported when it is
+    joined (a yellow line at the end of the run), once, and the backend is still usable."""
+    url = DatabaseURL(backend="sqlite", database=str(tmp_path / "t.db"))
+    engine = worker_databases(url, run_id="reaper02", worker_id="main", lock_dir=tmp_path)
+    try:
+        engine.preflight(reap_in_background=True)
+        assert engine.wait_for_reap() == ""
+
+        def fail() -> list[str]:
+            raise ConcurrentDBError("the server went away")
+
+        monkeypatch.setattr(engine.janitor, "reap_dead", fail)
+        engine.preflight(reap_in_background=True)
+        assert engine.wait_for_reap() == "the server went away"
+        assert engine.wait_for_reap() == ""
+        assert engine.backend.list_databases("cdb_", sizes=False) == []
+    finally:
+        engine.close()
