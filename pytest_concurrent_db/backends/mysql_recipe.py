@@ -179,11 +179,13 @@ def _results(cursor: Any, statements: Sequence[str], args: Any = None) -> list[t
     return out
 
 
-def capture_recipe(cursor: Any, template: str) -> dict[str, Any]:
+def capture_recipe(cursor: Any, template: str, *, portable: bool = True) -> dict[str, Any]:
     """Read the clone recipe of database ``template``.
 
     ``cursor`` belongs to a connection opened with ``CLIENT.MULTI_STATEMENTS`` and no
-    default database.  Three round trips whatever the size of the schema.
+    default database.  Three round trips whatever the size of the schema.  ``portable=False``:
+    the statements as the server shows them (qualifiers and ``DEFINER`` kept, no ``has_rows``),
+    to compare the database with itself (:mod:`.mysql_state`) at a fraction of the cost.
     """
     cursor.execute("SET SESSION sql_mode = %s, sql_quote_show_create = 1", (REPLAY_SQL_MODE,))
     meta = _results(
@@ -227,7 +229,7 @@ def capture_recipe(cursor: Any, template: str) -> dict[str, Any]:
     shows += ["SHOW CREATE TRIGGER " + tpl + quote_ident(t) for t in triggers]
     shows += ["SHOW CREATE " + kind + " " + tpl + quote_ident(r) for r, kind in routines]
     shows += ["SHOW CREATE EVENT " + tpl + quote_ident(e) for e in events]
-    if tables:
+    if tables and portable:
         shows.append(
             " UNION ALL ".join(
                 "SELECT " + str(i) + ", EXISTS(SELECT 1 FROM " + tpl + quote_ident(t) + ")"
@@ -246,19 +248,21 @@ def capture_recipe(cursor: Any, template: str) -> dict[str, Any]:
             )
         return tuple(rows[0])
 
+    def split(text: str, sql_mode: str = "") -> tuple[list[str], list[str]]:
+        return cut_schema(strip_definer(text), template, sql_mode=sql_mode) if portable else ([text], [])
+
     def cut(text: str, sql_mode: str = "") -> list[str]:
-        return cut_schema(strip_definer(text), template, sql_mode=sql_mode)[0]
+        return split(text, sql_mode)[0]
 
     table_ddl = [cut(one(t)[1]) for t in tables]
     sequence_ddl = [cut(one(s)[1]) for s in sequences]
     view_ddl: dict[str, tuple[list[str], list[str]]] = {}
     for view in views:
-        view_ddl[view] = cut_schema(strip_definer(one(view)[1]), template)
+        view_ddl[view] = split(one(view)[1])
     trigger_recipes = []
     for trigger in triggers:
         row = one(trigger)
-        text = _TRIGGER_ORDER.sub(r"\1", strip_definer(row[2]), count=1)
-        segments = cut_schema(text, template, sql_mode=row[1])[0]
+        segments = cut(_TRIGGER_ORDER.sub(r"\1", row[2], count=1), row[1])
         trigger_recipes.append({"name": trigger, "sql_mode": row[1], "create": segments})
     routine_recipes = []
     for routine, kind in routines:
@@ -274,7 +278,7 @@ def capture_recipe(cursor: Any, template: str) -> dict[str, Any]:
     for event in events:
         row = one(event)
         event_recipes.append({"name": event, "sql_mode": row[1], "time_zone": row[2], "create": cut(row[3], row[1])})
-    has_rows = {int(i): bool(flag) for i, flag in next(results)} if tables else {}
+    has_rows = {int(i): bool(flag) for i, flag in next(results)} if tables and portable else {}
     sequence_next = [int(one(s)[0]) for s in sequences]
 
     return {

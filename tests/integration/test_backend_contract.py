@@ -311,3 +311,76 @@ def test_server_started_is_the_servers_start(backend: Backend, backend_url: Data
             assert float(cur.fetchone()[0]) == pytest.approx(started, abs=1.0)
     finally:
         conn.close()
+
+
+def _execute(conn: Any, *statements: str, commit: bool = True) -> list[tuple[Any, ...]]:
+    cur = conn.cursor()
+    rows: list[tuple[Any, ...]] = []
+    for statement in statements:
+        cur.execute(statement)
+        if cur.description is not None:
+            rows = [tuple(row) for row in cur.fetchall()]
+    cur.close()
+    if commit:
+        conn.commit()
+    else:
+        conn.rollback()
+    return rows
+
+
+def test_database_state_sees_rows_and_schema_and_keeps_counters_apart(
+    backend: Backend, backend_url: DatabaseURL, prefix: str
+) -> None:
+    """What handing a database on relies on: the digest changes with a value in place (same row
+    count) and with the schema, comes back with the content; a rolled-back insert moves only
+    the counters, and ``reset_counters`` sets them back so that the next id is the first again;
+    another session on the database is named.  SQLite's copies are file copies: no state."""
+    template = _template(backend, prefix + "_tpl")
+    clone = _clone(backend, template, prefix + "_c")
+    if backend.name == "sqlite":
+        assert backend.database_state(clone) is None
+        return
+    auto = "SERIAL PRIMARY KEY" if backend.name == "postgresql" else "INTEGER AUTO_INCREMENT PRIMARY KEY"
+    conn = _driver_connection(backend, backend_url, clone)
+    try:
+        _execute(conn, f"CREATE TABLE s (id {auto}, v INTEGER)")
+        busy = backend.database_state(clone)
+        assert busy is not None
+        assert len(busy.sessions) == 1  # ours: the reader's own session is not counted
+    finally:
+        conn.close()
+
+    def state() -> Any:
+        read = backend.database_state(clone)
+        assert read is not None
+        return read
+
+    base = state()
+    assert base.sessions == []
+    assert state() == base
+    assert base.counters == {}
+
+    conn = _driver_connection(backend, backend_url, clone)
+    try:
+        _execute(conn, "INSERT INTO s (v) VALUES (1)", "INSERT INTO s (v) VALUES (2)", commit=False)
+        moved = state()
+        assert moved.digest == base.digest  # rolled back: only the counter moved
+        assert moved.counters != base.counters
+        assert backend.reset_counters(clone, moved.counters, base.counters) == 1
+        assert (state().digest, state().counters) == (base.digest, base.counters)
+        assert backend.reset_counters(clone, base.counters, base.counters) == 0
+
+        _execute(conn, "UPDATE t SET label = 'changed'")  # the same row count
+        assert state().digest != base.digest
+        _execute(conn, "UPDATE t SET label = 'seed'")
+        assert state().digest == base.digest  # the content decides, not its history
+
+        _execute(conn, "CREATE INDEX t_label ON t (label)")
+        assert state().digest != base.digest
+    finally:
+        conn.close()
+    conn = _driver_connection(backend, backend_url, clone)
+    try:
+        assert _execute(conn, "INSERT INTO s (v) VALUES (3)", "SELECT id FROM s") == [(1,)]
+    finally:
+        conn.close()
