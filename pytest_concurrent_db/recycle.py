@@ -114,6 +114,8 @@ def hand_on(
         return "skipped", "the backend does not hand databases on"
     if state.sessions:
         return "changed", f"other sessions are on it: {', '.join(state.sessions[:3])}"
+    if _scheme(state.digest) != _scheme(pristine.digest):  # not a change the tests made
+        return "skipped", "its state was read by another version of pytest-concurrent-db when it was copied"
     if state.digest != pristine.digest:
         return "changed", "its rows or schema changed"
     from .spares import is_spare
@@ -133,6 +135,12 @@ def hand_on(
     backend.set_marker(name, marker)
     backend.release_lock(f"clone:{name}")
     return "clean", ""
+
+
+def _scheme(digest: str) -> str:
+    """How a digest was made (``pg1:``, ``my2:``; empty for the first format, which had no tag)."""
+    head, sep, _ = digest.partition(":")
+    return head if sep else ""
 
 
 class HandOnHistory:

@@ -19,6 +19,8 @@ from .mysql_recipe import capture_recipe, quote_ident
 
 __all__ = ["mysql_state", "reset_counters"]
 
+#: what the digest starts with: a digest read another way (another version) is not compared
+DIGEST_SCHEME = "my2:"
 #: the table option ``AUTO_INCREMENT=<n>`` of ``SHOW CREATE TABLE`` (the counter, not the column attribute)
 _COUNTER = re.compile(r"\s+AUTO_INCREMENT=\d+(?=[^)]*$)")
 
@@ -42,7 +44,7 @@ def mysql_state(cursor: Any, name: str) -> tuple[str, dict[str, int]]:
     )
     counters = {str(table): int(value) for table, value in cursor.fetchall()}
     text = json.dumps([recipe, checksums], sort_keys=True, default=str)
-    return hashlib.sha256(text.encode()).hexdigest()[:32], counters
+    return DIGEST_SCHEME + hashlib.sha256(text.encode()).hexdigest()[:32], counters
 
 
 def reset_counters(cursor: Any, name: str, now: dict[str, int], wanted: dict[str, int]) -> int:

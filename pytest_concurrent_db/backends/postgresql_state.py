@@ -21,6 +21,8 @@ _USER = (
 )
 _USER_NS = "(SELECT oid FROM pg_namespace n WHERE " + _USER.format(n="n") + ")"
 
+#: what the digest starts with: a digest read another way (another version) is not compared
+DIGEST_SCHEME = "pg1:"
 #: Every line is "<what>:<its definition>"; the digest is the md5 of the sorted lines.
 _STATE = f"""
 WITH rels AS (
@@ -81,7 +83,7 @@ def postgresql_state(connection: Any) -> tuple[str, dict[str, int]]:
     finally:
         connection.rollback()
     raw = json.loads(positions) if positions else {}
-    return str(digest), {str(k): int(v) for k, v in raw.items() if v is not None}
+    return DIGEST_SCHEME + str(digest), {str(k): int(v) for k, v in raw.items() if v is not None}
 
 
 def reset_sequences(connection: Any, now: dict[str, int], wanted: dict[str, int]) -> int:

@@ -9,6 +9,7 @@ import secrets
 import subprocess
 import sys
 from collections.abc import Iterator
+from dataclasses import replace
 from pathlib import Path
 
 import pytest
@@ -233,6 +234,40 @@ def test_a_changed_database_is_dropped_not_handed_on(server_project: Project, re
     assert "(spare)" not in summary(third)
     (name,) = _untouched(results_dir)["gw0"]
     assert name != made
+
+
+def test_a_spare_copied_by_another_version_is_dropped_without_counting_a_change(
+    server_project: Project, results_dir: Path
+) -> None:
+    """A spare whose state was read another way (an older version: a digest without today's tag)
+    is dropped with the reason, and handing on is not held back as it is after a change."""
+    project = server_project
+    project.write(tests=UNTOUCHED.replace("CHANGE", "pass"))
+    project.run("-n", "1", "--concurrent-db-spares", "1").assert_outcomes(passed=4)
+    ((name, marker),) = project.spares().items()
+    copied = Pristine.decode(marker.pristine)
+    assert copied is not None
+    backend = load_backend(project.url)
+    try:
+        older = replace(copied, digest=copied.digest.partition(":")[2])
+        backend.set_marker(name, replace(marker, pristine=older.encode()))
+    finally:
+        backend.close()
+    _clear(results_dir)
+    text = summary(project.run("-n", "1", "--concurrent-db-spares", "1"))
+    assert "(spare)" in text
+    assert (
+        "spares: gw0 dropped its database instead of handing it on: its state was read by another version "
+        "of pytest-concurrent-db when it was copied" in text
+    ), text
+    assert project.spares() == {}
+    _clear(results_dir)
+    assert "spares for the next run: 1 made in the background" in summary(
+        project.run("-n", "1", "--concurrent-db-spares", "1")
+    )
+    _clear(results_dir)
+    text = summary(project.run("-n", "1", "--concurrent-db-spares", "1"))
+    assert "spares for the next run: 1 handed on untouched" in text, text  # no change was counted
 
 
 def test_spares_zero_makes_and_takes_none(server_project: Project, results_dir: Path) -> None:

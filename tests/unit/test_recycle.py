@@ -102,3 +102,15 @@ def test_a_spare_dropped_unchecked_names_the_rule() -> None:
     )
     quick = Pristine("d" * 32, {}, 0.05, 0.28)
     assert _unchecked(quick, False) == "a recent run's tests changed their database"
+
+
+def test_a_digest_says_how_it_was_made() -> None:
+    """A spare copied by another version (another way of reading the state) is not taken for a
+    database its tests changed: hand_on skips it instead of counting a change."""
+    from pytest_concurrent_db.backends.mysql_state import DIGEST_SCHEME as MYSQL
+    from pytest_concurrent_db.backends.postgresql_state import DIGEST_SCHEME as POSTGRESQL
+    from pytest_concurrent_db.recycle import _scheme
+
+    assert _scheme("0" * 32) == ""  # the first format had no tag
+    assert _scheme(POSTGRESQL + "0" * 32) == "pg1"
+    assert _scheme(MYSQL + "0" * 32) == "my2"
