@@ -159,6 +159,10 @@ class MySQLBackend(MySQLRegistry, MySQLDrop):
         claimed = self._claim(name, marker)
         statement = "CREATE DATABASE " + quote_ident(name) + charset_clause(recipe)
         for attempt in (1, 2):
+            if attempt == 2:
+                # a crash loses the commits of its last second on a server that does not flush every
+                # commit (innodb_flush_log_at_trx_commit = 0): the registry row may be gone, write it again
+                claimed = self._claim(name, marker)
             try:
                 self._create_database(statement, name)
             except BaseException as exc:

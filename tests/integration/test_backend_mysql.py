@@ -415,6 +415,42 @@ def test_failed_clone_leaves_nothing(backend: MySQLBackend, made: Made, mysql_ur
         conn.close()
 
 
+def test_a_clone_cut_short_by_a_crash_that_lost_its_registry_row_is_marked_again(
+    backend: MySQLBackend, made: Made, mysql_url: DatabaseURL, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A server that does not flush every commit (innodb_flush_log_at_trx_commit = 0) loses the
+    registry row written just before it crashed; the copy made again after the crash writes it
+    again, so the clone is ours (the server-fault test that found it crashes MariaDB mid-copy)."""
+    tpl = made.name()
+    _build_template(backend, tpl, "CREATE TABLE a (id INT PRIMARY KEY);\nINSERT INTO a VALUES (1);\n", "crash")
+    name = made.name()
+    assert backend.try_lock("clone:" + name)
+    replay = backend._replay
+    calls: list[int] = []
+
+    def crash_once(recipe: dict[str, Any], target: str) -> None:
+        calls.append(1)
+        if len(calls) == 1:  # what the server lost in its crash, then the lost connection
+            conn = connect_url(mysql_url.with_database(""), autocommit=True)
+            try:
+                _query(conn, "DELETE FROM " + quote_ident(REGISTRY) + ".`databases` WHERE name = %s", (target,))
+            finally:
+                conn.close()
+            raise pymysql.err.OperationalError(2013, "Lost connection to MySQL server during query")
+        replay(recipe, target)
+
+    monkeypatch.setattr(backend, "_replay", crash_once)
+    marker = _marker("clone", "crash", worker_id="gw0", template=tpl)
+    backend.clone(tpl, name, marker)
+    assert len(calls) == 2
+    assert backend.get_marker(name) == marker
+    conn = connect_url(mysql_url.with_database(name))
+    try:
+        assert _query(conn, "SELECT id FROM a") == [(1,)]
+    finally:
+        conn.close()
+
+
 def test_a_table_that_fails_on_any_connection_leaves_nothing(
     backend: MySQLBackend, made: Made, mysql_url: DatabaseURL, ddl_connections: int
 ) -> None:
