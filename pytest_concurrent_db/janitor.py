@@ -100,6 +100,23 @@ def project_prefix(info: DatabaseInfo) -> str:
 
 
 
+#: how long a run waits for the lock of an intent whose creator's process has ended on this
+#: machine (seconds): its server session may still be running the ``CREATE DATABASE`` it sent
+ENDED_CREATOR_WAIT = 10.0
+
+
+def intent_wait(marker: Marker, run_id: str, wait: float, start: ServerStart) -> float:
+    """How long to wait for the lock of the intent ``marker`` before leaving it to a later run:
+    ``wait`` for this run's own, :data:`ENDED_CREATOR_WAIT` when its creator's process has ended
+    on this machine (its session is about to end: a database left unmarked otherwise stays so
+    until the project runs again), else not at all (its creator may be alive elsewhere)."""
+    if marker.run_id == run_id:
+        return wait
+    if marker.host and marker.host == start.host and marker.pid > 0 and not start.pid_alive(marker.pid):
+        return ENDED_CREATOR_WAIT
+    return 0.0
+
+
 def presumed_alive(marker: Marker, start: ServerStart | None) -> bool:
     """Whether the owner of a database marked ``marker`` may be alive although its liveness
     lock is free: the server restarted after the database was made (every session lock
@@ -334,7 +351,7 @@ class Janitor:
                 continue  # its creator runs on: the lock it takes back must be free for it
             # the lock is free once the creator's session has ended, and with it its CREATE DATABASE
             key = lock_key(marker.kind, name)
-            if not self._take(key, wait if marker.run_id == self.run_id else 0.0):
+            if not self._take(key, intent_wait(marker, self.run_id, wait, start)):
                 continue  # its creator is alive
             try:
                 if self.backend.adopt(name, marker):

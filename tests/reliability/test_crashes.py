@@ -88,6 +88,14 @@ def test_whole_run_killed_is_reaped_by_the_next_run(project: Project) -> None:
     result = project.run("-n", "2")
     result.assert_outcomes(passed=1)
     assert not set(orphans) & set(project.server_names())
+    # the spares the killed run was copying (their CREATE DATABASE may have outlived the kill on
+    # the server) were adopted and reaped: nothing of this project is left without a marker
+    backend = project._backend()
+    try:
+        unmarked = [i.name for i in backend.list_databases(f"cdb_{project.base}_", sizes=False) if i.marker is None]
+    finally:
+        backend.close()
+    assert unmarked == []
 
 
 def test_a_live_run_is_never_reaped_by_another(project: Project) -> None:

@@ -7,10 +7,12 @@ import pytest
 from pytest_concurrent_db.backends.base import DatabaseInfo, Marker
 from pytest_concurrent_db.janitor import (
     CLOCK_SKEW,
+    ENDED_CREATOR_WAIT,
     RESTART_GRACE,
     Entry,
     ServerStart,
     entries,
+    intent_wait,
     presumed_alive,
     prune_plan,
     ready_builds,
@@ -235,3 +237,19 @@ def test_only_the_cli_prune_drops_dead_clones_kept_clones_and_abandoned_builds()
     assert prune_plan(inventory, keep=2, base_prefix="cdb_app") == []
     doomed = {e.name for e in prune_plan(inventory, keep=2, base_prefix="cdb_app", everything=True)}
     assert doomed == {"cdb_app_r1_gw0", "cdb_app_r2_gw0", "cdb_app_tpl_9", "cdb_app_spd_gw0"}
+
+
+@pytest.mark.parametrize(
+    ("run", "host", "pid", "expected"),
+    [
+        (RUN, HERE, LIVE_PID, 3.0),  # this run's own (a worker killed a moment ago): the caller's wait
+        (OTHER, HERE, DEAD_PID, ENDED_CREATOR_WAIT),  # its process ended here: its session ends soon
+        (OTHER, HERE, LIVE_PID, 0.0),  # its creator runs on
+        (OTHER, ELSEWHERE, DEAD_PID, 0.0),  # another machine's: nothing known of its process
+        (OTHER, "", 0, 0.0),  # an old intent without host and pid
+    ],
+)
+def test_how_long_an_intent_s_lock_is_waited_for(run: str, host: str, pid: int, expected: float) -> None:
+    """A killed run's spare maker may still have its CREATE DATABASE running on the server: the
+    next run waits for it (in the controller's background reap) instead of leaving it unmarked."""
+    assert intent_wait(_marker("spare", run=run, host=host, pid=pid), RUN, 3.0, _start(10)) == expected
