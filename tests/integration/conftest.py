@@ -113,8 +113,9 @@ class Project:
         """Drop the project's marked databases; fail, naming them, if a marked one stays.
 
         A database that appears after the first sweep (a process of a run that outlived it) gets
-        two more sweeps, two seconds apart.  Unmarked ones are never ours to drop: the CI's
-        leftover check reports them."""
+        two more sweeps, two seconds apart.  Unmarked ones are never dropped as such: the project
+        runs once more, as its next run would, to adopt and reap what its killed processes left
+        (their intents are in the project); one that is still unmarked fails the test, named."""
         prefix = f"cdb_{self.base}_"
         left: dict[str, Any] = {}
         for attempt in range(3):
@@ -122,8 +123,26 @@ class Project:
                 time.sleep(2)
             left = drop_ours(self._backend(), prefix)
             if not left:
-                return
-        raise AssertionError(f"marked databases of the project stay after three sweeps: {left}")
+                break
+        else:
+            raise AssertionError(f"marked databases of the project stay after three sweeps: {left}")
+        unmarked = self._unmarked(prefix)
+        if unmarked:
+            # a killed process's copy its server finished after the run that followed had looked: in a
+            # real project its next run adopts it (the intent is in the project); this one runs no more
+            self.run("-p", "no:xdist", "--collect-only", "-q")
+            drop_ours(self._backend(), prefix)
+            still = self._unmarked(prefix)
+            assert not still, f"databases of the project left without a marker, not adopted by its next run: {still}"
+
+    def _unmarked(self, prefix: str) -> list[str]:
+        if self.backend == "sqlite":
+            return []
+        backend = self._backend()
+        try:
+            return [i.name for i in backend.list_databases(prefix, sizes=False) if i.marker is None]
+        finally:
+            backend.close()
 
 
 @pytest.fixture
