@@ -107,14 +107,14 @@ ENDED_CREATOR_WAIT = 10.0
 
 def intent_wait(marker: Marker, run_id: str, wait: float, start: ServerStart) -> float:
     """How long to wait for the lock of the intent ``marker`` before leaving it to a later run:
-    ``wait`` for this run's own, :data:`ENDED_CREATOR_WAIT` when its creator's process has ended
-    on this machine (its session is about to end: a database left unmarked otherwise stays so
-    until the project runs again), else not at all (its creator may be alive elsewhere)."""
+    :data:`ENDED_CREATOR_WAIT` at least when its creator's process has ended on this machine (its
+    session is about to end: a database left unmarked otherwise stays so until the project runs
+    again), else ``wait`` for this run's own, and not at all for another run's (its creator may be
+    alive elsewhere)."""
+    ended = bool(marker.host) and marker.host == start.host and marker.pid > 0 and not start.pid_alive(marker.pid)
     if marker.run_id == run_id:
-        return wait
-    if marker.host and marker.host == start.host and marker.pid > 0 and not start.pid_alive(marker.pid):
-        return ENDED_CREATOR_WAIT
-    return 0.0
+        return max(wait, ENDED_CREATOR_WAIT) if ended else wait
+    return ENDED_CREATOR_WAIT if ended else 0.0
 
 
 def presumed_alive(marker: Marker, start: ServerStart | None) -> bool:

@@ -242,7 +242,8 @@ def test_only_the_cli_prune_drops_dead_clones_kept_clones_and_abandoned_builds()
 @pytest.mark.parametrize(
     ("run", "host", "pid", "expected"),
     [
-        (RUN, HERE, LIVE_PID, 3.0),  # this run's own (a worker killed a moment ago): the caller's wait
+        (RUN, HERE, LIVE_PID, 3.0),  # this run's own: the caller's wait
+        (RUN, HERE, DEAD_PID, ENDED_CREATOR_WAIT),  # a worker of this run killed a moment ago
         (OTHER, HERE, DEAD_PID, ENDED_CREATOR_WAIT),  # its process ended here: its session ends soon
         (OTHER, HERE, LIVE_PID, 0.0),  # its creator runs on
         (OTHER, ELSEWHERE, DEAD_PID, 0.0),  # another machine's: nothing known of its process
