@@ -180,7 +180,9 @@ def main(argv: Sequence[str] | None = None) -> int:
             print(f"{verb}: {len(doomed)} database(s)")
             for entry in doomed:
                 print(f"  {entry.name} ({entry.kind}, run {entry.run_id})")
-            return 0
+            for each in janitor.not_dropped:
+                print(f"error: not dropped: {each}", file=sys.stderr)
+            return 1 if janitor.not_dropped else 0
         finally:
             backend.close()
     except ConcurrentDBError as exc:

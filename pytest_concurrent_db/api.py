@@ -28,7 +28,7 @@ from typing import Any, overload
 
 from .backends import Backend
 from .clones import ConcurrentDatabase, drop_clone, handle, make_clone
-from .errors import ConcurrentDBError, ConfigError, IsolationError
+from .errors import ConcurrentDBError, ConfigError, IsolationError, describe_error
 from .janitor import Janitor
 from .naming import PREFIX, clone_name, new_run_id
 from .options import names, option
@@ -301,7 +301,7 @@ def _fill_pool(
     failure = _copy_in_parallel(template, run_id, workers, names, made)
     if failure is not None:
         index, exc = failure
-        reason = exc.describe() if isinstance(exc, ConcurrentDBError) else f"{type(exc).__name__}: {exc}"
+        reason = describe_error(exc)
         raise ConcurrentDBError(
             f"clone_many: clone {index + 1} of {len(names)} ({names[index]}) failed: {reason}; "
             f"the {len(made)} clones already made were dropped"

@@ -265,6 +265,8 @@ class _Session:
         if stats.reaped:
             self.runner.log(f"concurrent-db: reaped {len(stats.reaped)} databases left by dead runs: "
                             f"{', '.join(stats.reaped)}")  # fmt: skip
+        for each in stats.not_dropped:
+            self.runner.log(f"concurrent-db: not dropped: {each}", level=logging.WARNING)
 
     def plan(self) -> WorkerPlan:
         planned = []

@@ -142,3 +142,10 @@ class IsolationError(ConcurrentDBError):
             return self.first
         detail = f": {self.detail}" if self.detail else ""
         return f"databases {self.first!r} and {self.second!r} are not isolated{detail}"
+
+
+def describe_error(exc: BaseException) -> str:
+    """``exc`` on one line, without our prefix: ours as :meth:`ConcurrentDBError.describe`
+    says it, any other (a driver's) with its class name."""
+    text = exc.describe() if isinstance(exc, ConcurrentDBError) else f"{type(exc).__name__}: {exc}"
+    return " ".join(text.split())

@@ -17,7 +17,7 @@ from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, field
 
 from .backends import Backend, DatabaseInfo, Marker
-from .errors import ConcurrentDBError, LockTimeoutError, NotOursError, PrivilegeError
+from .errors import ConcurrentDBError, LockTimeoutError, NotOursError, PrivilegeError, describe_error
 from .markers import build_id, forget_intent, intent_files, lock_key
 from .naming import PREFIX
 from .site import Site
@@ -254,6 +254,9 @@ class Janitor:
         self.backend = backend
         self.site = site
         self.run_id = run_id
+        #: ``"name: why"`` for each database a drop of this janitor failed on (it stays; the
+        #: other databases are still dropped, and the run goes on)
+        self.not_dropped: list[str] = []
 
     def sweep_run(self, own: str | None = None, wait: float = 3.0) -> list[str]:
         """Drop clones (and unfinished spares) of this run whose owner is gone (crashed
@@ -385,6 +388,9 @@ class Janitor:
         try:
             self.backend.drop(name)
         except (NotOursError, PrivilegeError):  # not ours, or another user's: leave it
+            return False
+        except Exception as exc:  # one database the server cannot drop must not stop a run
+            self.not_dropped.append(f"{name}: {describe_error(exc)}")
             return False
         finally:
             self.backend.release_lock(key)

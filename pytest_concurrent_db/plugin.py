@@ -313,6 +313,7 @@ def pytest_terminal_summary(terminalreporter: Any, config: pytest.Config) -> Non
         default_backend=state.settings.backend,
         # what the controller reaped at the start (workers report their own)
         reaped=[name for d in state.all_databases() for name in d.stats.reaped] if _runs_xdist(config) else (),
+        not_dropped=[e for d in state.all_databases() for e in d.stats.not_dropped] if _runs_xdist(config) else (),
         verbose=config.get_verbosity() > 0,
     )
     if state.settings.timings:  # --concurrent-db-timings

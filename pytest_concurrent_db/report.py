@@ -82,6 +82,9 @@ class WorkerReport:
     reaped: list[str] = field(default_factory=list)
     #: out-of-date templates this process dropped after building a new one
     pruned: list[str] = field(default_factory=list)
+    #: ``"name: why"`` for each database of dead runs (or out-of-date template) this process
+    #: could not drop: it stays on the server
+    not_dropped: list[str] = field(default_factory=list)
     #: the template snapshot this process restored the template from (empty: none)
     snapshot_restored: str = ""
     #: the template snapshot this process wrote after building the template (empty: none)

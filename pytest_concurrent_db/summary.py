@@ -42,6 +42,7 @@ def write_summary(
     keep: bool,
     default_backend: str,
     reaped: Sequence[str] = (),
+    not_dropped: Sequence[str] = (),
     verbose: bool = False,
 ) -> None:
     """Write the ``concurrent-db`` section: one block per template (its phase table, the
@@ -50,7 +51,8 @@ def write_summary(
 
     ``swept`` are the databases of crashed workers the controller dropped at the end of
     the run; ``reaped`` those of dead runs it dropped at the start (workers report their
-    own); ``default_backend`` names the backend of reports that do not carry one.
+    own), ``not_dropped`` what it failed to drop then (``"name: why"``); ``default_backend``
+    names the backend of reports that do not carry one.
     """
     tr.section("concurrent-db")
     tr.write_line(f"run: {run_id}")
@@ -80,6 +82,8 @@ def write_summary(
     for line in (_reaped_line(reports, reaped), _pruned_line(reports)):
         if line is not None:
             tr.write_line(line)
+    for line in _not_dropped_lines(reports, not_dropped):
+        tr.write_line(line, yellow=True)
 
 
 def _by_template(reports: Iterable[WorkerReport]) -> dict[str, list[WorkerReport]]:
@@ -265,6 +269,11 @@ def _reaped_line(reports: Sequence[WorkerReport], more: Sequence[str] = ()) -> s
     if not reaped:
         return None
     return f"reaped: {len(reaped)} databases left by dead runs ({_some(reaped)})"
+
+
+def _not_dropped_lines(reports: Sequence[WorkerReport], more: Sequence[str] = ()) -> list[str]:
+    """One line per database the run meant to drop (a dead run's, an old template) and could not."""
+    return [f"not dropped: {each}" for each in _unique([*(e for r in reports for e in r.not_dropped), *more])]
 
 
 def _pruned_line(reports: Sequence[WorkerReport]) -> str | None:

@@ -17,7 +17,7 @@ from collections.abc import Sequence
 
 from .backends import Backend
 from .clones import ConcurrentDatabase, drop_clone, handle, keep_clone, make_clone
-from .errors import ConcurrentDBError
+from .errors import describe_error
 from .janitor import Janitor
 from .progress import BuildProgress
 from .recycle import MAX_READ_SECONDS, HandOnHistory, Pristine, hand_on
@@ -43,6 +43,7 @@ class WorkerDatabases:
         self.backend: Backend = site.open_backend(run_id, worker_id, wait=True)
         self.janitor = Janitor(self.backend, site, run_id)
         self.stats = WorkerReport(worker_id=worker_id, backend=site.url.backend, url=site.label)
+        self.stats.not_dropped = self.janitor.not_dropped  # the janitor's drops that failed, as they come
         self.template: Template | None = None
         self.database: ConcurrentDatabase | None = None
         self._spares: SpareMaker | None = None
@@ -79,7 +80,7 @@ class WorkerDatabases:
         error, self._reap_error = self._reap_error, None
         if error is None:
             return ""
-        return error.describe() if isinstance(error, ConcurrentDBError) else f"{type(error).__name__}: {error}"
+        return describe_error(error)
 
     def ensure_template(
         self, populators: Sequence[Populator], *, extra: Sequence[str] = (), rebuild: bool = False

@@ -38,6 +38,7 @@ _URL_FIX = f"fix {names('url')}"
 ER_CON_COUNT_ERROR = 1040  # too many connections
 ER_DBACCESS_DENIED = 1044
 ER_ACCESS_DENIED = 1045
+ER_DB_DROP_RMDIR = 1010  # DROP DATABASE: its tables are gone but its directory is not empty
 ER_BAD_DB = 1049
 ER_SERVER_SHUTDOWN = 1053
 ER_DUP_ENTRY = 1062

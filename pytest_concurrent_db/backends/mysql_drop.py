@@ -12,6 +12,7 @@ import time
 
 from ..errors import ConcurrentDBError
 from .mysql_control import (
+    ER_DB_DROP_RMDIR,
     ER_KILL_DENIED,
     ER_LOCK_WAIT_TIMEOUT,
     ER_NO_SUCH_TABLE,
@@ -27,6 +28,7 @@ __all__ = ["MySQLDrop"]
 
 _DROP_DEADLINE = 60.0
 _DROP_LOCK_WAIT = 2  # seconds a DROP waits for metadata locks before we look for holders
+_RMDIR_WAIT = 5.0  # seconds a DROP that left the directory (a file not yet unlinked?) is tried again
 
 
 class MySQLDrop(MySQLControl):
@@ -46,6 +48,9 @@ class MySQLDrop(MySQLControl):
                 except Exception as exc:
                     if self._ended(exc, conn) and time.monotonic() <= deadline:
                         continue  # the server ended the control connection: again on a new one
+                    if error_number(exc) == ER_DB_DROP_RMDIR:
+                        self._drop_directory_again(name, exc)
+                        return
                     if error_number(exc) != ER_LOCK_WAIT_TIMEOUT:
                         raise
                     holders = self._lock_holders(name)
@@ -61,6 +66,30 @@ class MySQLDrop(MySQLControl):
         finally:
             if self._conn is not None and self._conn.open:
                 self._execute("SET SESSION lock_wait_timeout = DEFAULT")
+
+    def _drop_directory_again(self, name: str, first: Exception) -> None:
+        """DROP DATABASE removed the tables of ``name`` but not its directory, which holds a
+        file the server does not know: try again for :data:`_RMDIR_WAIT` seconds (a file the
+        server unlinks late), then say which file to remove."""
+        deadline = time.monotonic() + _RMDIR_WAIT
+        error = first
+        while time.monotonic() < deadline:
+            time.sleep(0.25)
+            try:
+                self._execute("DROP DATABASE IF EXISTS " + quote_ident(name), retry=False)
+            except Exception as exc:
+                if error_number(exc) != ER_DB_DROP_RMDIR:
+                    raise
+                error = exc
+            else:
+                return
+        detail = error.args[1] if len(error.args) > 1 else str(error)
+        raise ConcurrentDBError(
+            f"cannot drop MySQL database {name!r}: its tables are gone but the server cannot remove its "
+            f"directory ({detail}): a file the server did not make is in it (SELECT ... INTO OUTFILE, a copy "
+            f"by hand); remove that file from the server's data directory, then run "
+            f"`python -m pytest_concurrent_db prune --yes`"
+        ) from None
 
     def _sessions_on(self, name: str) -> list[int]:
         rows = self._query(

@@ -12,13 +12,13 @@ from typing import Any
 import pytest
 
 from pytest_concurrent_db import Template, build_template, worker_database
-from pytest_concurrent_db.backends import connect_url, load_backend
+from pytest_concurrent_db.backends import Marker, connect_url, load_backend
 from pytest_concurrent_db.naming import new_run_id
 from pytest_concurrent_db.url import DatabaseURL
 from pytest_concurrent_db.worker import WorkerDatabases
 from tests.conftest import drop_ours
 
-from .conftest import Project
+from .conftest import Project, summary
 
 
 def _cli(project: Project, *args: str) -> subprocess.CompletedProcess[str]:
@@ -318,3 +318,57 @@ def test_scope_is_the_exact_project_not_a_longer_name(
     finally:
         for url in (settings_url, test_url):
             drop_ours(load_backend(url, template_dir=tmp_path, clone_dir=tmp_path), f"cdb_{url.database}_v2_")
+
+
+# -- a database the server cannot drop --------------------------------------------------------
+def test_a_database_the_server_cannot_drop_is_named_and_runs_go_on(mysql_url: DatabaseURL,
+                                                                  pytester: pytest.Pytester) -> None:
+    """A dead run's MySQL database whose directory holds a file the server did not make (here
+    from ``SELECT ... INTO OUTFILE``) cannot be dropped: every run that reaps it says so in a
+    yellow line and goes on (it was an INTERNALERROR that failed every run on the server), and
+    ``prune`` names it and exits 1 until the file is gone."""
+    base = "it" + secrets.token_hex(3)
+    project = Project(pytester, "mysql", mysql_url.with_database(base), base)
+    project.write(tests="def test_one(concurrent_db): pass\n")
+    stuck, dead = f"cdb_{base}_gw7", f"cdb_{base}_gw8"
+    template = f"cdb_{base}_tpl_0123456789ab"
+    backend = load_backend(project.url)
+    stray: Path | None = None
+    try:
+        for name in (stuck, dead):
+            assert backend.try_lock("clone:" + name)  # no other test's run reaps them before they are ready
+            backend.create(name, Marker(kind="clone", run_id="deadrun", worker_id=name[-3:], template=template))
+        conn = backend.connect(stuck)
+        try:
+            with conn.cursor() as cur:
+                cur.execute("SELECT @@datadir")
+                stray = Path(cur.fetchone()[0]) / stuck / "stray.txt"
+                cur.execute("SELECT 1 INTO OUTFILE 'stray.txt'")  # relative: into the database's directory
+        finally:
+            conn.close()
+        assert stray.exists()
+        for name in (stuck, dead):
+            backend.release_lock("clone:" + name)
+
+        for args in (["-p", "no:xdist"], ["-n", "2"]):
+            result = project.run(*args)
+            result.assert_outcomes(passed=1)
+            text = summary(result)
+            assert f"not dropped: {stuck}: cannot drop MySQL database {stuck!r}" in text, text
+            assert "remove that file from the server's data directory" in text
+            assert dead not in project.server_names()  # the other dead database is still reaped
+
+        done = _cli(project, "prune", "--yes")
+        assert done.returncode == 1, done.stdout + done.stderr
+        assert f"error: not dropped: {stuck}: cannot drop MySQL database" in done.stderr
+        assert "Traceback" not in done.stderr
+        stray.unlink()
+        done = _cli(project, "prune", "--yes")
+        assert done.returncode == 0, done.stderr
+        assert stuck in done.stdout
+        assert stuck not in project.server_names()
+    finally:
+        if stray is not None and stray.exists():
+            stray.unlink()
+        backend.close()
+        project.drop_all()

@@ -17,6 +17,7 @@ from pytest_concurrent_db.errors import (
     IsolationError,
     LockTimeoutError,
     ScriptError,
+    describe_error,
 )
 from pytest_concurrent_db.url import parse_url
 
@@ -112,3 +113,13 @@ def test_raised_error_pickles() -> None:
     clone = pickle.loads(pickle.dumps(info.value))
     assert str(clone) == str(info.value)
     assert "tiger" not in str(clone)
+
+
+def test_describe_error_is_one_line_without_our_prefix() -> None:
+    assert describe_error(ConcurrentDBError("cannot drop it:\n  a file is in its directory")) == (
+        "cannot drop it: a file is in its directory"
+    )
+    assert describe_error(LockTimeoutError("the lock 'x'", 2.0, "gw1")) == (
+        LockTimeoutError("the lock 'x'", 2.0, "gw1").describe()
+    )
+    assert describe_error(OSError(39, "Directory not empty")) == "OSError: [Errno 39] Directory not empty"

@@ -335,6 +335,18 @@ def test_no_reaped_or_pruned_lines_when_nothing_was() -> None:
     terminal = summarize([worker("gw0"), worker("gw1")])
     assert not terminal.starting("reaped")
     assert not terminal.starting("pruned")
+    assert not terminal.starting("not dropped")
+
+
+def test_each_database_not_dropped_gets_a_yellow_line_once() -> None:
+    """Workers and the controller may all fail on the same dead run's database."""
+    stuck = "cdb_dead_gw0: cannot drop MySQL database 'cdb_dead_gw0': its tables are gone but …"
+    reports = [worker("gw0", not_dropped=[stuck]), worker("gw1", not_dropped=[stuck])]
+    terminal = summarize(reports, not_dropped=[stuck, "cdb_tpl_old: OperationalError: (2013, 'Lost connection')"])
+    assert [(text, markup) for text, markup in terminal.lines if text.startswith("not dropped")] == [
+        (f"not dropped: {stuck}", {"yellow": True}),
+        ("not dropped: cdb_tpl_old: OperationalError: (2013, 'Lost connection')", {"yellow": True}),
+    ]
 
 
 def test_each_template_gets_its_own_block() -> None:
