@@ -81,8 +81,6 @@ def _is_worker(config: pytest.Config) -> bool:
     return hasattr(config, "workerinput")
 
 
-_runs_xdist = runs_xdist
-
 
 @pytest.hookimpl(tryfirst=True)
 def pytest_configure(config: pytest.Config) -> None:
@@ -111,7 +109,7 @@ def pytest_configure(config: pytest.Config) -> None:
     config.stash[STATE_KEY] = state
     if settings.enabled and settings.url is not None:
         try:
-            check_url_for_xdist(settings.url, _runs_xdist(config))
+            check_url_for_xdist(settings.url, runs_xdist(config))
         except ConfigError as exc:
             raise pytest.UsageError(str(exc)) from None
     config.addinivalue_line(
@@ -195,7 +193,7 @@ def pytest_sessionstart(session: pytest.Session) -> None:
     if not state.settings.enabled or state.is_worker:
         return
     try:  # the reap is not needed before the workers start: it runs while they do
-        state.get_databases().preflight(reap_in_background=_runs_xdist(session.config))
+        state.get_databases().preflight(reap_in_background=runs_xdist(session.config))
     except ConcurrentDBError as exc:
         state.close()
         state.databases = None
@@ -212,7 +210,7 @@ def _start_progress(config: pytest.Config, state: PluginState) -> None:
     if mode is None:
         return
     try:
-        directory = new_progress_dir() if _runs_xdist(config) else None
+        directory = new_progress_dir() if runs_xdist(config) else None
         state.display = ProgressDisplay(terminal, config.pluginmanager.get_plugin("capturemanager"), mode, directory)
         state.progress_dir = directory
         if state.databases is not None:  # made before the display: it builds too
@@ -303,21 +301,22 @@ def pytest_terminal_summary(terminalreporter: Any, config: pytest.Config) -> Non
     state = config.stash.get(STATE_KEY, None)
     if state is None or not state.settings.enabled or _is_worker(config):
         return
+    xdist = runs_xdist(config)
+    controller = state.all_databases() if xdist else []  # what it reaped at the start (workers report their own)
     write_summary(
         terminalreporter,
-        state.worker_reports if _runs_xdist(config) else state.reports(),
+        state.worker_reports if xdist else state.reports(),
         run_id=state.run_id,
         isolation=state.settings.isolation,
         swept=state.swept,
         keep=state.settings.keep,
         default_backend=state.settings.backend,
-        # what the controller reaped at the start (workers report their own)
-        reaped=[name for d in state.all_databases() for name in d.stats.reaped] if _runs_xdist(config) else (),
-        not_dropped=[e for d in state.all_databases() for e in d.stats.not_dropped] if _runs_xdist(config) else (),
+        reaped=[name for d in controller for name in d.stats.reaped],
+        not_dropped=[each for d in controller for each in d.stats.not_dropped],
         verbose=config.get_verbosity() > 0,
     )
     if state.settings.timings:  # --concurrent-db-timings
         from .timings import write_timings
 
-        reports = state.worker_reports if _runs_xdist(config) else state.reports()
+        reports = state.worker_reports if xdist else state.reports()
         write_timings(terminalreporter, reports, state.run_id, state.settings.timings)
