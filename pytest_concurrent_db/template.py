@@ -9,6 +9,7 @@ complete, and reused while its inputs are unchanged.
 from __future__ import annotations
 
 import contextlib
+import gc
 import hashlib
 import inspect
 import json
@@ -339,11 +340,12 @@ def _build(
             connection = backend.connect(name)
             try:
                 tune_build_session(backend, connection)
-                for index, populator in enumerate(populators):
-                    if base is None or populator.resume_key:
-                        if progress is not None:
-                            progress.step(index)
-                        populator.apply(backend, connection, name)
+                with frozen_heap():
+                    for index, populator in enumerate(populators):
+                        if base is None or populator.resume_key:
+                            if progress is not None:
+                                progress.step(index)
+                            populator.apply(backend, connection, name)
                 connection.commit()
             finally:
                 connection.close()
@@ -371,6 +373,22 @@ def _build(
                 raise
             if not backend.try_lock(f"template:{name}"):
                 raise  # another process took the lock meanwhile: it builds
+
+
+@contextmanager
+def frozen_heap() -> Iterator[None]:
+    """Leave the objects that exist now out of the garbage collector's scans until the block
+    ends.  A migrate makes and drops objects by the million, and each full collection it
+    triggers would walk the whole session too (pytest's items, every module imported): the
+    benchmark project's build of 95 migrations (SQLite, no xdist) took 23.5-24.1 s, and
+    21.8-22.9 s with them left out, in interleaved runs.  Turning the collector off instead
+    made it slower."""
+    gc.collect()
+    gc.freeze()
+    try:
+        yield
+    finally:
+        gc.unfreeze()
 
 
 def tune_build_session(backend: Backend, connection: Any) -> None:
