@@ -10,12 +10,14 @@ from __future__ import annotations
 import contextlib
 import dataclasses
 import json
+import os
 import re
 import secrets
 import sys
 import threading
 import time
 from collections.abc import Callable, Iterator
+from pathlib import Path
 from typing import Any
 
 import pymysql
@@ -145,6 +147,17 @@ def _force_drop(url: DatabaseURL, name: str) -> None:
                 cur.execute("DELETE FROM " + quote_ident(REGISTRY) + ".`databases` WHERE name = %s", (name,))
     finally:
         conn.close()
+
+
+def _files_left(url: DatabaseURL, names: list[str]) -> dict[str, list[str]]:
+    """The files in the server's directories of ``names`` that still exist (a server on this
+    machine; DROP DATABASE fails with error 1010 when it finds one it does not know)."""
+    conn = connect_url(url.with_database(""))
+    try:
+        datadir = Path(_query(conn, "SELECT @@datadir")[0][0])
+    finally:
+        conn.close()
+    return {name: sorted(os.listdir(datadir / name)) for name in names if (datadir / name).is_dir()}
 
 
 def _query(conn: Any, sql: str, args: Any = None) -> list[tuple[Any, ...]]:
@@ -385,7 +398,7 @@ def test_concurrent_clones_from_separate_backends(template: tuple[MySQLBackend, 
         t.start()
     for t in threads:
         t.join(120)
-    assert not errors, errors
+    assert not errors, (errors, _files_left(mysql_url, names))  # what a failed DROP left in the directories
     assert len({tuple(sorted(c.items())) for c in counts.values()}) == 1
     assert len(counts) == 4
     assert not set(names) & _names_on_server(mysql_url)
