@@ -46,7 +46,7 @@ from .django_fresh import FreshDjango, wants_fresh
 from .errors import ConcurrentDBError
 from .fixtures import report_isolation
 from .state import PluginState, get_state, runs_xdist
-from .worker import WorkerDatabases
+from .worker import WorkerDatabases, server_of
 
 __all__ = [
     "ConcurrentTestRunner",  # noqa: F822 (imported on first use: __getattr__ below)
@@ -88,12 +88,15 @@ def pytest_sessionstart(session: pytest.Session) -> None:
     from django.test.utils import get_unique_databases_and_mirrors
 
     test_databases, _ = get_unique_databases_and_mirrors()
+    reaped: set[tuple[str, str]] = set()  # one reap per server, however many test databases are on it
     for signature, (_, aliases) in test_databases.items():
         databases = integration.databases_for(signature, aliases[0], required=False)
         if databases is None:
             continue
+        server = server_of(databases.site)
         try:  # an xdist controller reaps while its workers start
-            databases.preflight(reap_in_background=runs_xdist(session.config))
+            databases.preflight(reap=server not in reaped, reap_in_background=runs_xdist(session.config))
+            reaped.add(server)
         except ConcurrentDBError as exc:
             raise pytest.UsageError(server_error(exc, aliases[0])) from None
 

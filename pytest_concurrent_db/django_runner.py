@@ -62,7 +62,7 @@ from .progress import BuildProgress, ProgressLines
 from .settings import Settings, resolve_one
 from .site import Site
 from .timings import write_timings
-from .worker import WorkerDatabases
+from .worker import WorkerDatabases, server_of
 
 __all__ = ["ConcurrentTestRunner", "runner_settings"]
 
@@ -159,11 +159,13 @@ class _Session:
         test_databases, mirrors = get_unique_databases_and_mirrors(wanted)
         groups = [list(group) for _, group in test_databases.values()]
         sites = [self._site(group[0]) for group in groups]  # every alias supported, before any work
+        reaped: set[tuple[str, str]] = set()  # one reap per server, however many test databases are on it
         for group, site in zip(groups, sites):
             builder = WorkerDatabases(site, run_id=self.run_id, worker_id="main", spares=self.settings.spares)
             self.databases.append(_TestDatabase(group, builder))
             try:
-                builder.preflight()
+                builder.preflight(reap=server_of(site) not in reaped)
+                reaped.add(server_of(site))
             except ConcurrentDBError as exc:
                 raise ConcurrentDBError(server_error(exc, group[0])) from None
         keys = CodeKeys()

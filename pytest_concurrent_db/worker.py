@@ -27,7 +27,7 @@ from .snapshot import record_snapshot
 from .spares import CopyHistory, FreshPool, SpareMaker, claim_spare, spares_pay_off, wanted_spares
 from .template import Populator, Template, ensure_template
 
-__all__ = ["WorkerDatabases"]
+__all__ = ["WorkerDatabases", "server_of"]
 
 
 class WorkerDatabases:
@@ -54,12 +54,16 @@ class WorkerDatabases:
         self._reaper: threading.Thread | None = None
         self._reap_error: Exception | None = None
 
-    def preflight(self, *, reap_in_background: bool = False) -> None:
+    def preflight(self, *, reap: bool = True, reap_in_background: bool = False) -> None:
         """Connect, check privileges, and reap what dead runs left behind.
 
-        ``reap_in_background``: reap in a thread, for a process whose backend is otherwise idle
-        until :meth:`wait_for_reap` (an xdist controller: its workers start meanwhile)."""
+        ``reap``: False when another :class:`WorkerDatabases` of this process reaps the same
+        server (see :func:`server_of`).  ``reap_in_background``: reap in a thread, for a process
+        whose backend is otherwise idle until :meth:`wait_for_reap` (an xdist controller: its
+        workers start meanwhile)."""
         self.backend.preflight()
+        if not reap:
+            return
         if not reap_in_background:
             self.stats.reaped.extend(self.janitor.reap_dead())
             return
@@ -287,6 +291,12 @@ class WorkerDatabases:
         self.close_pool()
         self.wait_for_spares()
         self.backend.close()
+
+
+def server_of(site: Site) -> tuple[str, str]:
+    """What one reap covers, whatever the URL's database name: the databases the URL's user
+    sees on its server, and the template directory (SQLite's databases)."""
+    return site.url.with_database("").render(hide_password=False), str(site.directories.templates)
 
 
 def _unchecked(pristine: Pristine | None, worth_trying: bool) -> str:

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import pytest
 
 from pytest_concurrent_db.backends.base import DatabaseInfo, Marker
@@ -254,3 +256,22 @@ def test_how_long_an_intent_s_lock_is_waited_for(run: str, host: str, pid: int, 
     """A killed run's spare maker may still have its CREATE DATABASE running on the server: the
     next run waits for it (in the controller's background reap) instead of leaving it unmarked."""
     assert intent_wait(_marker("spare", run=run, host=host, pid=pid), RUN, 3.0, _start(10)) == expected
+
+
+def test_one_reap_covers_every_database_name_on_a_server(tmp_path: Path) -> None:
+    """The Django controller and runner reap a server once, however many test databases are on it."""
+    from pytest_concurrent_db.paths import Directories
+    from pytest_concurrent_db.site import Site
+    from pytest_concurrent_db.url import parse_url
+    from pytest_concurrent_db.worker import server_of
+
+    dirs = Directories(templates=tmp_path / "t", clones=tmp_path / "c", locks=tmp_path / "l")
+
+    def server(url: str) -> tuple[str, str]:
+        return server_of(Site(parse_url(url), dirs))
+
+    assert server("postgresql://u@db:5432/app") == server("postgresql://u@db:5432/other")
+    assert server("postgresql://u@db:5432/app") != server("postgresql://v@db:5432/app")  # sees other databases
+    assert server("postgresql://u@db:5432/app") != server("postgresql://u@db:5433/app")
+    assert server("mysql://root@db/app") != server("postgresql://root@db/app")
+    assert server(f"sqlite:///{tmp_path}/a.db") == server(f"sqlite:///{tmp_path}/b.db")  # one template directory
