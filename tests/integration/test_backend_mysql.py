@@ -138,11 +138,21 @@ def _names_on_server(url: DatabaseURL) -> set[str]:
 
 
 def _force_drop(url: DatabaseURL, name: str) -> None:
-    """Drop ``name`` and its registry row, ours or not (test cleanup only)."""
+    """Drop ``name`` and its registry row, ours or not (test cleanup only).  A directory the
+    server could not remove (error 1010: a file it did not make) is emptied first, so that one
+    failed test leaves nothing on the server for the runs after it to trip on."""
     conn = connect_url(url.with_database(""), autocommit=True)
     try:
         with conn.cursor() as cur:
-            cur.execute("DROP DATABASE IF EXISTS " + quote_ident(name))
+            try:
+                cur.execute("DROP DATABASE IF EXISTS " + quote_ident(name))
+            except pymysql.err.OperationalError as exc:
+                if exc.args[0] != 1010:
+                    raise
+                cur.execute("SELECT @@datadir")
+                for leftover in (Path(cur.fetchone()[0]) / name).iterdir():
+                    leftover.unlink()
+                cur.execute("DROP DATABASE IF EXISTS " + quote_ident(name))
             with contextlib.suppress(pymysql.err.ProgrammingError):  # no registry yet
                 cur.execute("DELETE FROM " + quote_ident(REGISTRY) + ".`databases` WHERE name = %s", (name,))
     finally:
