@@ -164,8 +164,9 @@ class _Session:
             builder = WorkerDatabases(site, run_id=self.run_id, worker_id="main", spares=self.settings.spares)
             self.databases.append(_TestDatabase(group, builder))
             try:
-                builder.preflight(reap=server_of(site) not in reaped)
-                reaped.add(server_of(site))
+                server = server_of(site)
+                builder.preflight(reap=server not in reaped)
+                reaped.add(server)
             except ConcurrentDBError as exc:
                 raise ConcurrentDBError(server_error(exc, group[0])) from None
         keys = CodeKeys()

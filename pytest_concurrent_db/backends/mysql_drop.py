@@ -37,6 +37,7 @@ class MySQLDrop(MySQLControl):
     def _drop_database(self, name: str) -> None:
         """Kill every other session on ``name`` and drop it, not waiting on a lock forever."""
         deadline = time.monotonic() + _DROP_DEADLINE
+        rmdir_deadline: float | None = None  # set by the first DROP that left the directory
         try:
             while True:
                 # again each time: a control connection opened after a lost one starts with the default
@@ -49,8 +50,13 @@ class MySQLDrop(MySQLControl):
                     if self._ended(exc, conn) and time.monotonic() <= deadline:
                         continue  # the server ended the control connection: again on a new one
                     if error_number(exc) == ER_DB_DROP_RMDIR:
-                        self._drop_directory_again(name, exc)
-                        return
+                        # the tables are gone, the directory holds a file the server does not know:
+                        # try again for a while (a file the server unlinks late), then say which to remove
+                        rmdir_deadline = rmdir_deadline or time.monotonic() + _RMDIR_WAIT
+                        if time.monotonic() > rmdir_deadline:
+                            raise _undroppable(name, exc) from None
+                        time.sleep(0.25)
+                        continue
                     if error_number(exc) != ER_LOCK_WAIT_TIMEOUT:
                         raise
                     holders = self._lock_holders(name)
@@ -66,30 +72,6 @@ class MySQLDrop(MySQLControl):
         finally:
             if self._conn is not None and self._conn.open:
                 self._execute("SET SESSION lock_wait_timeout = DEFAULT")
-
-    def _drop_directory_again(self, name: str, first: Exception) -> None:
-        """DROP DATABASE removed the tables of ``name`` but not its directory, which holds a
-        file the server does not know: try again for :data:`_RMDIR_WAIT` seconds (a file the
-        server unlinks late), then say which file to remove."""
-        deadline = time.monotonic() + _RMDIR_WAIT
-        error = first
-        while time.monotonic() < deadline:
-            time.sleep(0.25)
-            try:
-                self._execute("DROP DATABASE IF EXISTS " + quote_ident(name), retry=False)
-            except Exception as exc:
-                if error_number(exc) != ER_DB_DROP_RMDIR:
-                    raise
-                error = exc
-            else:
-                return
-        detail = error.args[1] if len(error.args) > 1 else str(error)
-        raise ConcurrentDBError(
-            f"cannot drop MySQL database {name!r}: its tables are gone but the server cannot remove its "
-            f"directory ({detail}): a file the server did not make is in it (SELECT ... INTO OUTFILE, a copy "
-            f"by hand); remove that file from the server's data directory, then run "
-            f"`python -m pytest_concurrent_db prune --yes`"
-        ) from None
 
     def _sessions_on(self, name: str) -> list[int]:
         rows = self._query(
@@ -123,3 +105,13 @@ class MySQLDrop(MySQLControl):
             except Exception as exc:
                 if error_number(exc) not in (ER_NO_SUCH_THREAD, ER_KILL_DENIED):
                     raise
+
+
+def _undroppable(name: str, error: Exception) -> ConcurrentDBError:
+    detail = error.args[1] if len(error.args) > 1 else str(error)
+    return ConcurrentDBError(
+        f"cannot drop MySQL database {name!r}: its tables are gone but the server cannot remove its "
+        f"directory ({detail}): a file the server did not make is in it (SELECT ... INTO OUTFILE, a copy "
+        f"by hand); remove that file from the server's data directory, then run "
+        f"`python -m pytest_concurrent_db prune --yes`"
+    )
