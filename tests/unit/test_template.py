@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import functools
 import sqlite3
+import sys
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -12,7 +14,7 @@ import pytest
 from pytest_concurrent_db.backends.sqlite import SQLiteBackend
 from pytest_concurrent_db.errors import ConfigError, ScriptError
 from pytest_concurrent_db.settings import check_url_for_xdist
-from pytest_concurrent_db.template import callable_populator, schema_populator
+from pytest_concurrent_db.template import callable_populator, schema_populator, with_stack_room
 from pytest_concurrent_db.url import parse_url
 
 SCHEMA = "CREATE TABLE items (id INTEGER PRIMARY KEY, name TEXT);\nINSERT INTO items (name) VALUES ('a');\n"
@@ -137,3 +139,47 @@ def test_memory_sqlite_cannot_be_shared_by_workers(url: str) -> None:
 @pytest.mark.parametrize("parallel", [True, False])
 def test_other_urls_are_fine(url: str, parallel: bool) -> None:
     check_url_for_xdist(parse_url(url), parallel=parallel)
+
+
+# -- with_stack_room -----------------------------------------------------------------------------------------
+
+
+def _call_at_depth(depth: int, calls: int) -> None:
+    """Go ``depth`` frames down, then make ``calls`` calls 20 frames deep from there."""
+    if depth:
+        _call_at_depth(depth - 1, calls)
+        return
+    for _ in range(calls):
+        _dive(20)
+
+
+def _dive(frames: int) -> None:
+    if frames:
+        _dive(frames - 1)
+
+
+def _worst_faults(run: Any) -> int:
+    """The most page faults the calls from one depth made: from some depth, each call crosses
+    a chunk's edge."""
+    resource = pytest.importorskip("resource")
+    worst = 0
+    for depth in range(0, 400, 10):
+        before = resource.getrusage(resource.RUSAGE_SELF).ru_minflt
+        run(functools.partial(_call_at_depth, depth, 2000))
+        worst = max(worst, resource.getrusage(resource.RUSAGE_SELF).ru_minflt - before)
+    return worst
+
+
+def test_with_stack_room_returns_and_raises_what_the_call_does() -> None:
+    assert with_stack_room(lambda: 42) == 42
+    with pytest.raises(KeyError):
+        with_stack_room(lambda: {}["missing"])
+
+
+@pytest.mark.skipif(sys.version_info < (3, 11), reason="frames live on a chunked stack from CPython 3.11")
+@pytest.mark.skipif(sys.implementation.name != "cpython", reason="a CPython stack layout")
+def test_calls_inside_stack_room_never_map_a_chunk_again() -> None:
+    # Calling over a 16 KiB chunk's edge maps a new chunk, and faults its pages in, on every
+    # call; inside the room no depth here reaches an edge.
+    assert _worst_faults(lambda call: call()) >= 2000
+    assert _worst_faults(with_stack_room) < 200
