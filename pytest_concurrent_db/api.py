@@ -19,6 +19,7 @@ import contextlib
 import os
 import secrets
 import threading
+import warnings
 from collections.abc import Iterable, Iterator, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from contextlib import contextmanager
@@ -115,6 +116,10 @@ def build_template(
     ``snapshot_dir``: a template built is written there as ``<fingerprint>.<backend>.snap``
     and restored from there when the server has none (the newest ``snapshot_keep`` are
     kept); ``Template.snapshot`` says what happened, warnings included.
+
+    Databases that dead runs of the same database name left behind are dropped first; one
+    the server cannot drop is named in a ``RuntimeWarning`` (``pytest-concurrent-db: not
+    dropped: <name>: <why>``) and the build goes on.
     """
     site = _site(get_database_url(url), lock_timeout, clone_strategy, keep_templates, directory)
     if snapshot_dir is not None:
@@ -125,14 +130,18 @@ def build_template(
     with _backend(site, run_id, "api") as backend:
         backend.preflight()
         janitor = Janitor(backend, site, run_id)
-        janitor.reap_dead()
+        try:
+            janitor.reap_dead()
 
-        def prune(template: Template) -> None:
-            janitor.prune(current_template=template.name)
+            def prune(template: Template) -> None:
+                janitor.prune(current_template=template.name)
 
-        return ensure_template(
-            backend, site, populators, run_id=run_id, worker_id="api", extra=extra, rebuild=rebuild, on_built=prune
-        )
+            return ensure_template(
+                backend, site, populators, run_id=run_id, worker_id="api", extra=extra, rebuild=rebuild, on_built=prune
+            )
+        finally:
+            for each in janitor.not_dropped:  # outside pytest no summary shows them
+                warnings.warn(f"pytest-concurrent-db: not dropped: {each}", RuntimeWarning, stacklevel=2)
 
 
 def _with_snapshots(site: Site, snapshot_dir: str | os.PathLike[str], snapshot_keep: int) -> Site:

@@ -43,6 +43,30 @@ def drop_ours(backend: Any, prefix: str) -> dict[str, Any]:
         backend.close()
 
 
+def dead_undroppable_mysql_database(backend: Any, name: str, template: str) -> Path:
+    """Make ``name``, a MySQL clone of a dead run (``template``'s), that the server cannot drop:
+    its directory holds a file the server did not make (``SELECT ... INTO OUTFILE``), so
+    ``DROP DATABASE`` drops the tables and fails with error 1010.  Returns that file: unlink
+    it and the database can be dropped again."""
+    from pytest_concurrent_db.backends import Marker
+
+    assert backend.try_lock("clone:" + name)  # no other test's run reaps it before it is ready
+    try:
+        backend.create(name, Marker(kind="clone", run_id="deadrun", worker_id=name[-3:], template=template))
+        conn = backend.connect(name)
+        try:
+            with conn.cursor() as cur:
+                cur.execute("SELECT @@datadir")
+                stray = Path(cur.fetchone()[0]) / name / "stray.txt"
+                cur.execute("SELECT 1 INTO OUTFILE 'stray.txt'")  # relative: into the database's directory
+        finally:
+            conn.close()
+    finally:
+        backend.release_lock("clone:" + name)
+    assert stray.exists()
+    return stray
+
+
 def worker_databases(
     url: DatabaseURL,
     *,

@@ -16,7 +16,7 @@ from pytest_concurrent_db.backends import Marker, connect_url, load_backend
 from pytest_concurrent_db.naming import new_run_id
 from pytest_concurrent_db.url import DatabaseURL
 from pytest_concurrent_db.worker import WorkerDatabases
-from tests.conftest import drop_ours
+from tests.conftest import dead_undroppable_mysql_database, drop_ours
 
 from .conftest import Project, summary
 
@@ -335,20 +335,10 @@ def test_a_database_the_server_cannot_drop_is_named_and_runs_go_on(mysql_url: Da
     backend = load_backend(project.url)
     stray: Path | None = None
     try:
-        for name in (stuck, dead):
-            assert backend.try_lock("clone:" + name)  # no other test's run reaps them before they are ready
-            backend.create(name, Marker(kind="clone", run_id="deadrun", worker_id=name[-3:], template=template))
-        conn = backend.connect(stuck)
-        try:
-            with conn.cursor() as cur:
-                cur.execute("SELECT @@datadir")
-                stray = Path(cur.fetchone()[0]) / stuck / "stray.txt"
-                cur.execute("SELECT 1 INTO OUTFILE 'stray.txt'")  # relative: into the database's directory
-        finally:
-            conn.close()
-        assert stray.exists()
-        for name in (stuck, dead):
-            backend.release_lock("clone:" + name)
+        assert backend.try_lock("clone:" + dead)  # no other test's run reaps it before the other is ready
+        backend.create(dead, Marker(kind="clone", run_id="deadrun", worker_id="gw8", template=template))
+        stray = dead_undroppable_mysql_database(backend, stuck, template)
+        backend.release_lock("clone:" + dead)
 
         for args in (["-p", "no:xdist"], ["-n", "2"]):
             result = project.run(*args)
