@@ -230,6 +230,7 @@ def run_once(backend: str, variant: Variant, project: Path, timeout: float, expe
         "tests_passed": passed,
         "template": template,
         "incremental": "built incrementally" in output,
+        "databases": _database_lines(output),
     }
     if not ok:
         why = f"timed out after {timeout:g}s" if timed_out else f"exit code {proc.returncode}"
@@ -261,6 +262,12 @@ def _template_state(output: str) -> str:
     """``built`` or ``reused``, from our terminal summary (``template: <name> built by gw0 ...``)."""
     states = re.findall(r"^template: \S+ (built|reused)\b", output, re.MULTILINE)
     return "built" if "built" in states else (states[0] if states else "")
+
+
+def _database_lines(output: str) -> list[str]:
+    """What our summary says each worker's database was and became (``gw0: ok — …``, ``clones (…``,
+    ``spares for the next run: …``): why one run of a series was slower than the others."""
+    return re.findall(r"^(?:gw[0-9]+: .*|clones \(.*|spares for the next run: .*)$", output, re.MULTILINE)
 
 
 def tests_run(summary: str) -> int | None:
