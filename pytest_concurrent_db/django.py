@@ -40,6 +40,7 @@ from .django_common import (
     misdirected,
     serialize,
     server_error,
+    unique_test_databases,
     url_and_base,
 )
 from .django_fresh import FreshDjango, wants_fresh
@@ -85,11 +86,8 @@ def pytest_sessionstart(session: pytest.Session) -> None:
     integration = _integration(session.config)
     if integration.state.is_worker or not django_settings_is_configured():
         return
-    from django.test.utils import get_unique_databases_and_mirrors
-
-    test_databases, _ = get_unique_databases_and_mirrors()
     reaped: set[tuple[str, str]] = set()  # one reap per server, however many test databases are on it
-    for signature, (_, aliases) in test_databases.items():
+    for signature, aliases in unique_test_databases().items():
         databases = integration.databases_for(signature, aliases[0], required=False)
         if databases is None:
             continue
