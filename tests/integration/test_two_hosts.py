@@ -153,6 +153,10 @@ def test_killed_host_never_drops_the_other_hosts_databases(project: Project, res
     assert not a_clones & left, _log(project, "hostc")  # the dead host's clones were reaped
     (results_dir / "go").touch()
     assert b.wait(timeout=300) == 0, _log(project, "hostb")  # host B's databases were there all along
+    # Host A's next run: it adopts and drops what its killed run was still copying (a spare the
+    # server finished after the kill has no marker; no other host may take it, host C did not).
+    again = _host(project, "hosta", "test_shard_a.py", {})
+    assert again.wait(timeout=300) == 0, _log(project, "hosta")
     assert project.clones() == []
 
 
