@@ -43,6 +43,13 @@ def drop_ours(backend: Any, prefix: str) -> dict[str, Any]:
         backend.close()
 
 
+def mysql_database_dir(conn: Any, name: str) -> Path:
+    """The directory where the MySQL server of ``conn`` (on this machine) keeps database ``name``."""
+    with conn.cursor() as cur:
+        cur.execute("SELECT @@datadir")
+        return Path(cur.fetchone()[0]) / name
+
+
 def dead_undroppable_mysql_database(backend: Any, name: str, template: str) -> Path:
     """Make ``name``, a MySQL clone of a dead run (``template``'s), that the server cannot drop:
     its directory holds a file the server did not make (``SELECT ... INTO OUTFILE``), so
@@ -55,9 +62,8 @@ def dead_undroppable_mysql_database(backend: Any, name: str, template: str) -> P
         backend.create(name, Marker(kind="clone", run_id="deadrun", worker_id=name[-3:], template=template))
         conn = backend.connect(name)
         try:
+            stray = mysql_database_dir(conn, name) / "stray.txt"
             with conn.cursor() as cur:
-                cur.execute("SELECT @@datadir")
-                stray = Path(cur.fetchone()[0]) / name / "stray.txt"
                 cur.execute("SELECT 1 INTO OUTFILE 'stray.txt'")  # relative: into the database's directory
         finally:
             conn.close()

@@ -17,7 +17,6 @@ import sys
 import threading
 import time
 from collections.abc import Callable, Iterator
-from pathlib import Path
 from typing import Any
 
 import pymysql
@@ -36,6 +35,7 @@ from pytest_concurrent_db.errors import (
 )
 from pytest_concurrent_db.options import names as option_names
 from pytest_concurrent_db.url import DatabaseURL
+from tests.conftest import mysql_database_dir
 
 pytestmark = pytest.mark.mysql
 
@@ -149,8 +149,7 @@ def _force_drop(url: DatabaseURL, name: str) -> None:
             except pymysql.err.OperationalError as exc:
                 if exc.args[0] != 1010:
                     raise
-                cur.execute("SELECT @@datadir")
-                for leftover in (Path(cur.fetchone()[0]) / name).iterdir():
+                for leftover in mysql_database_dir(conn, name).iterdir():
                     leftover.unlink()
                 cur.execute("DROP DATABASE IF EXISTS " + quote_ident(name))
             with contextlib.suppress(pymysql.err.ProgrammingError):  # no registry yet
@@ -164,10 +163,10 @@ def _files_left(url: DatabaseURL, names: list[str]) -> dict[str, list[str]]:
     machine; DROP DATABASE fails with error 1010 when it finds one it does not know)."""
     conn = connect_url(url.with_database(""))
     try:
-        datadir = Path(_query(conn, "SELECT @@datadir")[0][0])
+        folders = {name: mysql_database_dir(conn, name) for name in names}
     finally:
         conn.close()
-    return {name: sorted(os.listdir(datadir / name)) for name in names if (datadir / name).is_dir()}
+    return {name: sorted(os.listdir(folder)) for name, folder in folders.items() if folder.is_dir()}
 
 
 def _query(conn: Any, sql: str, args: Any = None) -> list[tuple[Any, ...]]:
