@@ -43,6 +43,18 @@ def drop_ours(backend: Any, prefix: str) -> dict[str, Any]:
         backend.close()
 
 
+@pytest.fixture
+def server_wide_prune_lock(tmp_path_factory: pytest.TempPathFactory) -> Iterator[None]:
+    """Held by the tests that leave a database the server cannot drop and by those that prune
+    every project's templates on the server (``prune --templates``), across xdist workers:
+    that prune would meet the undroppable database (exit 1), and hold its lock for the drop's
+    retries while the other test's run looks for it."""
+    from filelock import FileLock
+
+    with FileLock(str(tmp_path_factory.getbasetemp().parent / "cdb-server-wide-prune.lock")):
+        yield
+
+
 def mysql_database_dir(conn: Any, name: str) -> Path:
     """The directory where the MySQL server of ``conn`` (on this machine) keeps database ``name``."""
     with conn.cursor() as cur:

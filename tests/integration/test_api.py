@@ -376,6 +376,7 @@ def test_worker_database_dropped_when_the_body_raises(target: Target) -> None:
 
 # -- build_template ---------------------------------------------------------------------------
 @pytest.mark.parametrize("backend_url", [pytest.param("mysql", id="mysql", marks=pytest.mark.mysql)], indirect=True)
+@pytest.mark.usefixtures("server_wide_prune_lock")
 def test_build_template_warns_of_a_dead_database_it_cannot_drop(target: Target) -> None:
     """build_template reaps dead runs' databases first; one the server cannot drop is named
     in a RuntimeWarning (there is no pytest summary to show it), and the build goes on."""

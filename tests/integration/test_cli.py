@@ -179,6 +179,7 @@ def test_settings_url_finds_a_django_projects_databases(
 
 
 @pytest.mark.parametrize("backend_url", ["postgresql", "mysql"], indirect=True)
+@pytest.mark.usefixtures("server_wide_prune_lock")
 def test_prune_templates_drops_unused_templates_never_a_live_runs(
     django_named: tuple[DatabaseURL, DatabaseURL], tmp_path: Path
 ) -> None:
@@ -321,6 +322,7 @@ def test_scope_is_the_exact_project_not_a_longer_name(
 
 
 # -- a database the server cannot drop --------------------------------------------------------
+@pytest.mark.usefixtures("server_wide_prune_lock")
 def test_a_database_the_server_cannot_drop_is_named_and_runs_go_on(mysql_url: DatabaseURL,
                                                                   pytester: pytest.Pytester) -> None:
     """A dead run's MySQL database whose directory holds a file the server did not make (here
