@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import warnings
 from collections.abc import Callable, Iterator
-from typing import Any
+from typing import Any, TypeVar
 
 import pytest
 
@@ -15,6 +15,8 @@ from .spares import FreshPool
 from .state import WorkerConnection, get_state
 from .transactions import TransactionOptions, begin, transaction_options
 from .url import parse_url
+
+T = TypeVar("T")
 
 __all__ = [
     "ConcurrentDBIsolationWarning",
@@ -108,16 +110,28 @@ def concurrent_db_connection(
     """
     if fresh_requested(request):  # @pytest.mark.concurrent_db(fresh=True): this test's own clone
         database: ConcurrentDatabase = request.getfixturevalue("concurrent_db_fresh")
-        connection = database.connect()
+        connection = or_fail(database.connect)
         try:
             yield connection
         finally:
             connection.close()
         return
     holder = _concurrent_db_worker_connection
-    yield holder.connection
+    yield or_fail(lambda: holder.connection)  # the server refused it (no free slot, down): one line
     errors, warns = holder.check()
     report_isolation(f"{request.node.nodeid} on worker {holder.worker_id}", errors, warns)
+
+
+def or_fail(call: Callable[[], T]) -> T:
+    """``call()``; its :class:`ConcurrentDBError` fails the test with one line (no traceback, no
+    "during handling of..." chain)."""
+    __tracebackhide__ = True
+    error = ""
+    try:
+        return call()
+    except ConcurrentDBError as exc:
+        error = str(exc)
+    pytest.fail(error, pytrace=False)
 
 
 def report_isolation(where: str, errors: list[str], warns: list[str]) -> None:
@@ -215,14 +229,8 @@ def concurrent_db_fresh(
     fresh_requested(request)  # a bad fresh= value fails here too, with one line
     state = get_state(request.config)
     databases = state.get_databases()
-    error = ""
-    try:
-        pool = databases.fresh_pool()
-        name = pool.take()
-    except ConcurrentDBError as exc:
-        error = str(exc)
-    if error:
-        pytest.fail(f"concurrent-db: {error}", pytrace=False)
+    pool = or_fail(databases.fresh_pool)
+    name = or_fail(pool.take)
     database = handle(databases.backend, pool.template, name, state.run_id, state.worker_id)
     item = request.node
     fresh = item.stash.setdefault(FRESH_KEY, [])

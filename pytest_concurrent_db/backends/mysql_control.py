@@ -117,9 +117,10 @@ def unavailable(url: DatabaseURL, exc: BaseException) -> BackendUnavailableError
     elif errno == ER_BAD_DB:
         fix = f"check that database {url.database!r} exists or {_URL_FIX}"
     elif errno == ER_CON_COUNT_ERROR:
+        server = url.with_database("").render()  # the server's limit, whichever database was asked for: one message
         return BackendUnavailableError(
-            f"{where}: the server has no free connection slot, its max_connections is reached ({reason}); "
-            "close other clients' connections or raise max_connections"
+            f"cannot connect to MySQL at {server}: the server has no free connection slot, its max_connections is "
+            f"reached ({reason}); close other clients' connections or raise max_connections"
         )
     elif isinstance(getattr(exc, "original_exception", None), (ConnectionRefusedError, FileNotFoundError)):
         refused = f"{where}: the server refused the connection ({reason})"

@@ -76,9 +76,10 @@ def unavailable(url: DatabaseURL, exc: Exception) -> BackendUnavailableError:
     where = f"cannot connect to PostgreSQL at {url.render()}"
     answer = startup_answer(url)
     if answer == _TOO_MANY_CONNECTIONS:
+        server = url.with_database("").render()  # the server's limit, whichever database was asked for: one message
         return BackendUnavailableError(
-            f"{where}: the server has no free connection slot, its max_connections is reached ({reason}); "
-            "close other clients' connections or raise max_connections"
+            f"cannot connect to PostgreSQL at {server}: the server has no free connection slot, its max_connections is "
+            f"reached ({reason}); close other clients' connections or raise max_connections"
         )
     if answer in (_REFUSED, _CANNOT_CONNECT_NOW):
         what = "refused the connection" if answer == _REFUSED else "is not accepting connections yet"

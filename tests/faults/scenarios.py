@@ -35,6 +35,7 @@ INNER = """
     TESTS = int(os.environ.get("TESTS", "4"))
     SLEEP = float(os.environ.get("SLEEP", "0"))
     TABLES = int(os.environ.get("TABLES", "0"))
+    GATE = os.environ.get("GATE")  # a file: each test waits until it exists (60 s at most)
 
     @pytest.mark.parametrize("i", range(TESTS))
     def test_work(concurrent_db_connection, i):
@@ -48,6 +49,9 @@ INNER = """
             )
             assert cur.fetchone()[0] == TABLES
         time.sleep(SLEEP)
+        deadline = time.monotonic() + 60
+        while GATE and not os.path.exists(GATE) and time.monotonic() < deadline:
+            time.sleep(0.05)
         worker = os.environ.get("PYTEST_XDIST_WORKER", "main")
         cur.execute("INSERT INTO book (author_id, title, worker) VALUES (1, PARAM, PARAM)", (f"t{i}", worker))
         concurrent_db_connection.commit()
@@ -177,10 +181,14 @@ def test_a_live_run_survives_another_runs_start_after_a_restart(
     faulty: FaultProject, record: Record, moments: tuple[float, ...]
 ) -> None:
     """Run A is mid-way when the server restarts; run B starts right after and must not drop A's
-    clones while A lives (their locks died with the restart); A then ends on its own."""
+    clones while A lives (their locks died with the restart); A then ends on its own.
+
+    A's tests wait for a gate file, opened once B has ended and A's clones are counted: A is
+    in its tests, not in its own teardown dropping them, however slow the machine."""
     _write(faulty)
-    for moment in moments:
-        a = faulty.start(env={"TESTS": "4", "SLEEP": "5"})
+    for i, moment in enumerate(moments):
+        gate = faulty.project.pytester.path / f"gate{i}"
+        a = faulty.start(env={"TESTS": "4", "SLEEP": "1", "GATE": str(gate)})
         found, fault_at = _fault(faulty, record, _two_clones(faulty), moment)
         a_clones = set(found)
         b = faulty.run(env={"TESTS": "2"}, workers=0)  # its start reaps what dead runs left
@@ -188,10 +196,11 @@ def test_a_live_run_survives_another_runs_start_after_a_restart(
         b.assert_clean_output()
         assert b.returncode == 0, b.output
         reaped = {name for name in a_clones if name in b.output}  # the summary's "reaped:" line
-        missing = a_clones - set(faulty.databases()) if a.alive() else set()
+        missing = a_clones - set(faulty.databases())
+        assert a.alive(), f"run A ended before its gate opened:\n{a.wait().output}"
         record.wrong_drops += len(reaped | missing)
         assert not reaped | missing, f"run B dropped the clones of live run A: {sorted(reaped | missing)}\n{b.output}"
-        assert a.alive(), "run A ended before run B: the check above is weaker, make A slower"
+        gate.touch()
         a.wait()
         record.ended(a, fault_at)
         a.assert_clean_output()
@@ -303,10 +312,11 @@ def _hog(faulty: FaultProject) -> list[Any]:
             return conns
 
 
-@pytest.mark.parametrize("moments", [(None, 0.0, 1.0)])
-def test_connections_exhausted(faulty: FaultProject, record: Record, moments: tuple[float | None, ...]) -> None:
+@pytest.mark.parametrize("moments", [(None, 0.0, 1.0, "clones")])
+def test_connections_exhausted(faulty: FaultProject, record: Record, moments: tuple[float | str | None, ...]) -> None:
     """Another client holds every connection slot (``max_connections``), before the run starts
-    or while it starts: the run ends at once with one line saying so and naming the setting."""
+    or while it starts (``clones``: once the workers' clones exist, before their tests connect):
+    the run ends at once with one line saying so and naming the setting."""
     _write(faulty)
     faulty.server.set_max_connections(12)  # type: ignore[attr-defined]
     for moment in moments:
@@ -315,10 +325,13 @@ def test_connections_exhausted(faulty: FaultProject, record: Record, moments: tu
             if moment is None:
                 hog = _hog(faulty)
                 fault_at = time.monotonic()
-            run = faulty.start(env={"TESTS": "2"})
+            run = faulty.start(env={"TESTS": "2", "SLEEP": "1" if moment == "clones" else "0"})
             record.runs += 1
+            if moment == "clones":
+                wait_for(_two_clones(faulty), interval=0.005)
+            elif moment is not None:
+                time.sleep(float(moment))
             if moment is not None:
-                time.sleep(moment)
                 hog = _hog(faulty)
                 fault_at = time.monotonic()
             record.faults += 1

@@ -190,3 +190,41 @@ def test_lock_timeout(project: Project) -> None:
         finally:
             proc.kill()
     assert project.clones() == []
+
+
+@pytest.mark.parametrize("backend_url", ["postgresql"], indirect=True)
+def test_a_refused_worker_connection_fails_the_test_with_one_line(project: Project) -> None:
+    """The worker's clone stops accepting connections between the setup and the first
+    ``concurrent_db_connection``: that test fails with the server's reason on one line, no
+    traceback through our code, and the run goes on (the clone is dropped at the end)."""
+    project.write(
+        tests="""
+        import psycopg
+
+        def admin(concurrent_db, allow):
+            url = concurrent_db.url.rsplit("/", 1)[0] + "/postgres"
+            with psycopg.connect(url, autocommit=True) as conn:
+                conn.execute(f'ALTER DATABASE "{concurrent_db.name}" WITH ALLOW_CONNECTIONS {allow}')
+
+        def test_1_refuse(concurrent_db):
+            admin(concurrent_db, "false")
+
+        def test_2_connect(concurrent_db_connection):
+            pass
+
+        def test_3_allow_again(concurrent_db):
+            admin(concurrent_db, "true")
+        """
+    )
+    result = project.run("-n", "1")
+    output = result.stdout.str() + result.stderr.str()
+    result.assert_outcomes(passed=2, errors=1)
+    assert "pytest_concurrent_db/" not in output, output  # no traceback through our code
+    result.stdout.fnmatch_lines(
+        [
+            "*ERROR at setup of test_2_connect*",
+            "*",
+            "concurrent-db: cannot connect to PostgreSQL at * is not currently accepting*",
+        ]
+    )
+    assert project.clones() == []
