@@ -23,7 +23,10 @@ SLOW_TESTS = """
 
     @pytest.mark.parametrize("i", range(4))
     def test_slow(concurrent_db_connection, i):
-        time.sleep(float(os.environ.get("SLOW_SECONDS", "30")))
+        gate = os.environ.get("GATE")  # a file: wait until it exists, else the seconds
+        deadline = time.monotonic() + float(os.environ.get("SLOW_SECONDS", "30"))
+        while time.monotonic() < deadline and not (gate and os.path.exists(gate)):
+            time.sleep(0.05)
 """
 
 
@@ -105,8 +108,9 @@ def test_a_live_run_is_never_reaped_by_another(project: Project) -> None:
     other = project.pytester.path / "other.sql"
     other.write_text((project.pytester.path / "schema.sql").read_text() + "\nCREATE TABLE other (id INTEGER);\n")
     project.pytester.makepyfile(test_quick="def test_quick(concurrent_db): pass\n")
-    # long enough to outlive the other run even on a loaded machine (its closing drop alone took 6.6 s once)
-    slow = _start(project, "-n", "2", "test_project.py", env={"SLOW_SECONDS": "20"})
+    # in its tests until the gate opens, however long the other run takes on a loaded machine
+    gate = project.pytester.path / "gate"
+    slow = _start(project, "-n", "2", "test_project.py", env={"SLOW_SECONDS": "120", "GATE": str(gate)})
     try:
         if project.backend != "sqlite":
             _wait_for(lambda: len(project.clones()) == 2)
@@ -126,6 +130,8 @@ def test_a_live_run_is_never_reaped_by_another(project: Project) -> None:
         assert "built by" in summary(quick)
         assert slow.poll() is None, "the slow run ended before the check: it proves nothing"
         assert before <= set(project.server_names())  # the live run's clones and template are all there
+        assert slow.poll() is None, "the slow run ended before the check: it proves nothing"
+        gate.touch()
         output, _ = slow.communicate(timeout=120)
     finally:
         if slow.poll() is None:
