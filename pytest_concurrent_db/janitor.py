@@ -246,6 +246,17 @@ def prune_plan(
     return list({e.name: e for e in doomed}.values())
 
 
+def _unchanged(entry: Entry) -> Callable[[Marker | None], bool]:
+    """Whether a marker read again is still that of ``entry`` (same kind, state and run): a
+    spare taken over, a template finished, a clone kept since the inventory are not dropped
+    on its word."""
+    return lambda marker: marker is not None and (marker.kind, marker.state, marker.run_id) == (
+        entry.kind,
+        entry.state,
+        entry.run_id,
+    )
+
+
 # -- the janitor: facts from the server, drops ----------------------------------------------
 class Janitor:
     """Sweeps, reaps and prunes our databases on ``backend`` for run ``run_id``."""
@@ -337,7 +348,7 @@ class Janitor:
         )
         if dry_run:
             return doomed
-        return [e for e in doomed if self.drop_if_dead(e.name, lock_key(e.kind, e.name))]
+        return [e for e in doomed if self.drop_if_dead(e.name, lock_key(e.kind, e.name), still=_unchanged(e))]
 
     def adopt_orphans(self, wait: float = 0.0) -> list[str]:
         """Mark the databases of this server whose creator (its lock free) died before marking
@@ -373,19 +384,29 @@ class Janitor:
         skip: str | None = None,
         wait: float = 0.0,
     ) -> list[str]:
+        def still(marker: Marker | None) -> bool:
+            return marker is not None and wanted(marker)
+
         dropped = []
         for info in infos:
             if info.marker is None or info.name == skip or not wanted(info.marker):
                 continue
-            if self.drop_if_dead(info.name, lock_key(info.marker.kind, info.name), wait):
+            if self.drop_if_dead(info.name, lock_key(info.marker.kind, info.name), wait, still=still):
                 dropped.append(info.name)
         return dropped
 
-    def drop_if_dead(self, name: str, key: str, wait: float = 0.0) -> bool:
-        """Drop ``name`` if its owner's lock ``key`` can be taken; True if dropped."""
+    def drop_if_dead(
+        self, name: str, key: str, wait: float = 0.0, *, still: Callable[[Marker | None], bool]
+    ) -> bool:
+        """Drop ``name`` if its owner's lock ``key`` can be taken and, under the lock, its marker
+        read again is ``still`` one to drop; True if dropped.  (Its owner may have finished it
+        and let its lock go between the listing and the lock: a spare or template listed as
+        ``building`` is ``ready`` now, a clone listed in use is ``kept``.)"""
         if not self._take(key, wait):
             return False  # its owner is alive
         try:
+            if not still(self.backend.get_marker(name)):
+                return False
             self.backend.drop(name)
         except (NotOursError, PrivilegeError):  # not ours, or another user's: leave it
             return False

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import os
 import re
+import secrets
 import signal
 import subprocess
 import sys
@@ -185,3 +186,49 @@ def test_a_reap_in_the_background_says_what_went_wrong(tmp_path: Path, monkeypat
         assert engine.backend.list_databases("cdb_", sizes=False) == []
     finally:
         engine.close()
+
+
+@pytest.mark.parametrize("backend_url", ["postgresql", "mysql"], indirect=True)
+def test_a_database_finished_between_the_listing_and_its_lock_is_not_dropped(
+    backend_url: DatabaseURL, tmp_path: Path
+) -> None:
+    """A janitor lists the databases, then takes each dead-looking one's lock to drop it. Its
+    owner may finish it in between and let the lock go: a spare listed ``building`` is
+    ``ready`` for the next run, a clone listed in use is ``kept`` for debugging. The marker
+    read again under the lock decides, not the listing."""
+    from dataclasses import replace
+
+    from pytest_concurrent_db.backends import Marker, load_backend
+    from pytest_concurrent_db.janitor import Janitor, reapable, sweepable
+    from pytest_concurrent_db.paths import Directories
+    from pytest_concurrent_db.site import Site
+
+    base = "t" + secrets.token_hex(4)
+    spare, clone, template = f"cdb_{base}_sp0a0b0c_gw0", f"cdb_{base}_0a0b0c0d_gw1", f"cdb_{base}_tpl_x"
+    markers = {
+        spare: Marker(
+            kind="spare", run_id="owner001", worker_id="gw0", template=template, fingerprint="b1", state="building"
+        ),
+        clone: Marker(kind="clone", run_id="owner001", worker_id="gw1", template=template),
+    }
+    builds = {(template, "b1")}  # the spares' template is ready: a ready spare of it is the next run's
+    owner, other = load_backend(backend_url), load_backend(backend_url)
+    site = Site(backend_url, Directories(tmp_path, tmp_path, tmp_path), base=base)
+    try:
+        for name, marker in markers.items():
+            owner.create(name, marker)
+            assert owner.try_lock(f"clone:{name}")
+        listing = other.list_databases(f"cdb_{base}_", sizes=False)  # both in use, as listed
+        assert {i.name: i.marker.state for i in listing if i.marker} == {spare: "building", clone: "ready"}
+        for name, state in ((spare, "ready"), (clone, "kept")):  # their owner finishes them now
+            owner.set_marker(name, replace(markers[name], state=state))
+            owner.release_lock(f"clone:{name}")
+        # the run's own sweep (its unfinished spares) and another run's reap (other runs' clones)
+        assert Janitor(other, site, "owner001")._drop_dead(listing, lambda m: sweepable(m, "owner001")) == []
+        assert Janitor(other, site, "reaper01")._drop_dead(listing, lambda m: reapable(m, "reaper01", builds)) == []
+        assert {i.name for i in other.list_databases(f"cdb_{base}_", sizes=False)} == {spare, clone}
+    finally:
+        for name in markers:
+            owner.drop(name)
+        owner.close()
+        other.close()
