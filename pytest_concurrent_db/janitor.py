@@ -35,6 +35,7 @@ __all__ = [
     "ready_builds",
     "reapable",
     "sweepable",
+    "unchanged",
 ]
 
 #: How long after the server started a database made before that start, whose owner is on
@@ -246,15 +247,12 @@ def prune_plan(
     return list({e.name: e for e in doomed}.values())
 
 
-def _unchanged(entry: Entry) -> Callable[[Marker | None], bool]:
+def unchanged(entry: Entry) -> Callable[[Marker | None], bool]:
     """Whether a marker read again is still that of ``entry`` (same kind, state and run): a
     spare taken over, a template finished, a clone kept since the inventory are not dropped
     on its word."""
-    return lambda marker: marker is not None and (marker.kind, marker.state, marker.run_id) == (
-        entry.kind,
-        entry.state,
-        entry.run_id,
-    )
+    listed = (entry.kind, entry.state, entry.run_id)
+    return lambda marker: marker is not None and (marker.kind, marker.state, marker.run_id) == listed
 
 
 # -- the janitor: facts from the server, drops ----------------------------------------------
@@ -348,7 +346,7 @@ class Janitor:
         )
         if dry_run:
             return doomed
-        return [e for e in doomed if self.drop_if_dead(e.name, lock_key(e.kind, e.name), still=_unchanged(e))]
+        return [e for e in doomed if self.drop_if_dead(e.name, lock_key(e.kind, e.name), still=unchanged(e))]
 
     def adopt_orphans(self, wait: float = 0.0) -> list[str]:
         """Mark the databases of this server whose creator (its lock free) died before marking

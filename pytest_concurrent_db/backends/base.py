@@ -25,6 +25,7 @@ from typing import Any, ClassVar, Generic, Literal, Protocol, TypeVar
 
 from ..errors import PREFIX, BackendUnavailableError, ConcurrentDBError
 from ..options import names
+from ..url import DatabaseURL
 
 __all__ = [
     "MARKER_TAG",
@@ -62,6 +63,15 @@ class ServerNotUpError(BackendUnavailableError):
     connection tries again for :attr:`ControlConnection.connect_wait` seconds.  Not for
     errors that waiting does not mend (a wrong password, an unknown host or database, no
     free connection slot)."""
+
+
+def no_free_slot(product: str, url: DatabaseURL, reason: str) -> BackendUnavailableError:
+    """The error for a server whose ``max_connections`` is reached.  It names the server, not
+    the database asked for: the controller, each worker and the spare thread say one line."""
+    return BackendUnavailableError(
+        f"cannot connect to {product} at {url.with_database('').render()}: the server has no free connection "
+        f"slot, its max_connections is reached ({reason}); close other clients' connections or raise max_connections"
+    )
 
 
 @dataclass(frozen=True)

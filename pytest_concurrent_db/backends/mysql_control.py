@@ -19,7 +19,7 @@ from typing import Any
 from ..errors import BackendUnavailableError, LockTimeoutError
 from ..options import names
 from ..url import DatabaseURL
-from .base import ControlConnection, ServerNotUpError
+from .base import ControlConnection, ServerNotUpError, no_free_slot
 
 __all__ = [
     "MySQLControl",
@@ -117,11 +117,7 @@ def unavailable(url: DatabaseURL, exc: BaseException) -> BackendUnavailableError
     elif errno == ER_BAD_DB:
         fix = f"check that database {url.database!r} exists or {_URL_FIX}"
     elif errno == ER_CON_COUNT_ERROR:
-        server = url.with_database("").render()  # the server's limit, whichever database was asked for: one message
-        return BackendUnavailableError(
-            f"cannot connect to MySQL at {server}: the server has no free connection slot, its max_connections is "
-            f"reached ({reason}); close other clients' connections or raise max_connections"
-        )
+        return no_free_slot("MySQL", url, reason)
     elif isinstance(getattr(exc, "original_exception", None), (ConnectionRefusedError, FileNotFoundError)):
         refused = f"{where}: the server refused the connection ({reason})"
         return ServerNotUpError(f"{refused}; start the server or {_URL_FIX}")

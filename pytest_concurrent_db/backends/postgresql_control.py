@@ -27,7 +27,7 @@ from ..errors import BackendUnavailableError, LockTimeoutError
 from ..naming import lock_key
 from ..options import names
 from ..url import DatabaseURL
-from .base import ControlConnection, ServerNotUpError
+from .base import ControlConnection, ServerNotUpError, no_free_slot
 
 __all__ = ["FIX_URL", "PostgreSQLControl", "connect_params", "connect_to", "one_line", "reason_of"]
 
@@ -76,11 +76,7 @@ def unavailable(url: DatabaseURL, exc: Exception) -> BackendUnavailableError:
     where = f"cannot connect to PostgreSQL at {url.render()}"
     answer = startup_answer(url)
     if answer == _TOO_MANY_CONNECTIONS:
-        server = url.with_database("").render()  # the server's limit, whichever database was asked for: one message
-        return BackendUnavailableError(
-            f"cannot connect to PostgreSQL at {server}: the server has no free connection slot, its max_connections is "
-            f"reached ({reason}); close other clients' connections or raise max_connections"
-        )
+        return no_free_slot("PostgreSQL", url, reason)
     if answer in (_REFUSED, _CANNOT_CONNECT_NOW):
         what = "refused the connection" if answer == _REFUSED else "is not accepting connections yet"
         return ServerNotUpError(f"{where}: the server {what} ({reason}); start the server or {FIX_URL}")

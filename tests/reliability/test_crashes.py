@@ -130,7 +130,6 @@ def test_a_live_run_is_never_reaped_by_another(project: Project) -> None:
         )
         quick.assert_outcomes(passed=1)
         assert "built by" in summary(quick)
-        assert slow.poll() is None, "the slow run ended before the check: it proves nothing"
         assert before <= set(project.server_names())  # the live run's clones and template are all there
         assert slow.poll() is None, "the slow run ended before the check: it proves nothing"
         gate.touch()

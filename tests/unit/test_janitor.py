@@ -20,6 +20,7 @@ from pytest_concurrent_db.janitor import (
     ready_builds,
     reapable,
     sweepable,
+    unchanged,
 )
 from pytest_concurrent_db.markers import build_id
 
@@ -239,6 +240,17 @@ def test_only_the_cli_prune_drops_dead_clones_kept_clones_and_abandoned_builds()
     assert prune_plan(inventory, keep=2, base_prefix="cdb_app") == []
     doomed = {e.name for e in prune_plan(inventory, keep=2, base_prefix="cdb_app", everything=True)}
     assert doomed == {"cdb_app_r1_gw0", "cdb_app_r2_gw0", "cdb_app_tpl_9", "cdb_app_spd_gw0"}
+
+
+def test_a_prune_drops_only_what_is_still_as_its_inventory_listed_it() -> None:
+    """Read again under its lock, a database a prune doomed may have changed: a spare taken
+    over by a worker, an abandoned build finished, a clone kept; or it is gone."""
+    still = unchanged(_entry("cdb_app_spd_gw0", "spare", state="building"))
+    assert still(_marker("spare", state="building"))
+    assert not still(_marker("spare", state="ready"))  # finished: the next run's
+    assert not still(_marker("clone", state="ready"))  # taken over by a worker
+    assert not still(_marker("spare", run=RUN, state="building"))  # another run's, under the same name
+    assert not still(None)  # gone
 
 
 @pytest.mark.parametrize(
